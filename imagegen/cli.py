@@ -1,0 +1,253 @@
+"""The `imagegen` command. `imagegen "PROMPT"` is short for `imagegen generate "PROMPT"`.
+
+Only argparse and small modules are imported at start-up: torch and diffusers load inside the commands that use
+them, so `imagegen --help` and `imagegen models` answer at once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+from .presets import DEFAULT_PRESET
+from .settings import ATTENTION_BACKENDS, DECODER_SCHEDULERS, DTYPES, PRIOR_SCHEDULERS
+
+COMMANDS = {}  # name -> (help, add_arguments, run)
+
+
+def command(name: str, help: str):
+    def register(fn):
+        COMMANDS[name] = (help, fn)
+        return fn
+    return register
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is the same single line as every other bad input."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+# ---------------------------------------------------------------- generate
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", nargs="?", help="what to draw (or use --prompts-file, --mix, --variations-of, --from-png)")
+    p.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt, made in one batch (default 1)")
+    p.add_argument("--seed", type=int, help="decoder seed of the first image; image i uses seed+i (default: random)")
+    p.add_argument("--prior-seed", type=int, help="prior seed of the first image (default: the decoder seed)")
+    p.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
+    p.add_argument("--steps", type=int, help="decoder denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="decoder classifier-free guidance scale")
+    p.add_argument("--scheduler", help=f"decoder scheduler: {', '.join(DECODER_SCHEDULERS)}")
+    p.add_argument("--prior-steps", type=int, help="prior denoising steps")
+    p.add_argument("--prior-guidance", type=float, help="prior classifier-free guidance scale")
+    p.add_argument("--prior-scheduler", help=f"prior scheduler: {', '.join(PRIOR_SCHEDULERS)}")
+    p.add_argument("--width", type=int, help="image width in pixels (a multiple of the VAE factor)")
+    p.add_argument("--height", type=int, help="image height in pixels")
+    p.add_argument("--mix", action="append", metavar="ITEM[:WEIGHT]",
+                   help="mix prompts and/or image files in image-embedding space, e.g. --mix 'a red circle:0.7' "
+                        "--mix 'a blue square:0.3' (repeatable)")
+    p.add_argument("--variations-of", metavar="IMAGE", help="make variations of an image (its CLIP image embedding)")
+    p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line, all generated in one process")
+    p.add_argument("--from-png", metavar="FILE", help="generate again the image a PNG of imagegen's records")
+    add_model_arguments(p)
+    p.add_argument("--out", default="outputs", metavar="FOLDER", help="output folder (default outputs/)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per written image on stdout")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help=f"preset name, preset .toml or model folder (default {DEFAULT_PRESET})")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    p.add_argument("--dtype", default="auto", help=f"{', '.join(DTYPES)} (auto: float32 on CPU, float16 on CUDA)")
+    p.add_argument("--attention", default="auto", help=f"{', '.join(ATTENTION_BACKENDS)} (auto: xformers on CUDA when it runs, else SDPA)")
+
+
+def parse_mix_item(text: str):
+    """'a red circle:0.7' -> text with weight; an existing image file -> image item. Weight defaults to 1."""
+    from .result import MixItem
+
+    body, weight = text, 1.0
+    if ":" in text:
+        head, tail = text.rsplit(":", 1)
+        try:
+            body, weight = head, float(tail)
+        except ValueError:
+            pass
+    path = Path(body)
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp") or path.is_file():
+        return MixItem(image=load_image(path), weight=weight, image_path=str(path))
+    return MixItem(text=body, weight=weight)
+
+
+def load_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError):
+        raise UserError(f"cannot read image {str(path)!r}; give a PNG, JPEG or WebP file") from None
+
+
+def read_prompts_file(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as err:
+        raise UserError(f"cannot read prompts file {path!r}: {err.strerror}") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise UserError(f"prompts file {path!r} has no prompts (expected one prompt per line)")
+    return prompts
+
+
+def generation_jobs(args) -> list[dict]:
+    """Each job is the keyword arguments of one pipeline call. Checked before any model is loaded."""
+    from dataclasses import replace
+
+    from .presets import find_preset
+    from .settings import check_seed
+
+    if args.from_png:
+        return [from_png_job(args.from_png)]
+    preset = find_preset(args.model or DEFAULT_PRESET)
+    prior = replace(preset.prior_defaults, **_given(steps=args.prior_steps, guidance=args.prior_guidance,
+                                                    scheduler=args.prior_scheduler))
+    decoder = replace(preset.decoder_defaults, **_given(steps=args.steps, guidance=args.guidance,
+                                                        scheduler=args.scheduler, width=args.width, height=args.height))
+    prior.validate()
+    decoder.validate()
+    check_seed("--seed", args.seed)
+    check_seed("--prior-seed", args.prior_seed)
+    if args.num_images < 1:
+        raise UserError(f"-n must be a whole number >= 1, got {args.num_images}")
+    common = dict(negative_prompt=args.negative, num_images=args.num_images, seed=args.seed,
+                  prior_seed=args.prior_seed, prior=prior, decoder=decoder)
+    mix = [parse_mix_item(m) for m in args.mix or []]
+    if args.variations_of:
+        mix.append(parse_mix_item(args.variations_of))
+    if mix:
+        return [dict(common, mix=mix)]
+    prompts = read_prompts_file(args.prompts_file) if args.prompts_file else []
+    if args.prompt is not None:
+        prompts.insert(0, args.prompt)
+    if not prompts or not all(p.strip() for p in prompts):
+        raise UserError("no prompt given: pass a non-empty PROMPT, --prompts-file, --mix, --variations-of or --from-png")
+    return [dict(common, prompt=p) for p in prompts]
+
+
+def _given(**values) -> dict:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def from_png_job(path: str) -> dict:
+    """The same call that made the PNG: its whole batch again (batches are bit-exact, single images may not be)."""
+    from .png import read_record
+    from .result import MixItem, settings_from_record
+
+    record = read_record(path)
+    try:
+        prior, decoder = settings_from_record(record)
+        mix = [MixItem(text=m["text"], weight=m["weight"]) if "text" in m else
+               MixItem(image=load_image(Path(m["image"])), weight=m["weight"], image_path=m["image"])
+               for m in record["mix"]]
+        return dict(model=record["model_ref"], negative_prompt=record["negative_prompt"], num_images=record["batch_size"],
+                    seed=record["batch_seed"], prior_seed=record["batch_prior_seed"], prior=prior, decoder=decoder,
+                    mix=mix, keep_index=record["batch_index"], runtime=(record["device"], record["dtype"]))
+    except (KeyError, TypeError) as err:
+        raise UserError(f"the imagegen metadata in {path!r} lacks {err}; it was not written by this version") from None
+
+
+@command("generate", "make images from a prompt (the default command)")
+def run_generate(args) -> int:
+    from .png import check_writable_folder
+
+    jobs = generation_jobs(args)
+    check_writable_folder(args.out)
+    model = args.model or jobs[0].pop("model", None) or DEFAULT_PRESET
+    keep_index = jobs[0].pop("keep_index", None)
+    device, dtype = args.device, args.dtype
+    if "runtime" in jobs[0]:
+        device, dtype = jobs[0].pop("runtime")
+
+    from .api import load_pipeline
+    from .png import save_png
+
+    pipe = load_pipeline(model, device=device, dtype=dtype, attention=args.attention)
+    for job in jobs:
+        result = pipe(**job)
+        images, records = result.images, result.records
+        if keep_index is not None:
+            images, records = [images[keep_index]], [records[keep_index]]
+        for image, record in zip(images, records):
+            path = save_png(image, record, args.out)
+            print(json.dumps({"path": str(path), **record}) if args.json else str(path), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------- models
+@command("models", "list the model presets")
+def run_models(args) -> int:
+    from .presets import list_presets
+
+    presets = list_presets()
+    if args.json:
+        for p in presets:
+            print(json.dumps({"name": p.name, "prior": p.prior, "decoder": p.decoder, "available": p.availability(),
+                              "description": p.description, "source": p.source}))
+        return 0
+    width = max([len(p.name) for p in presets] + [4])
+    print(f"{'NAME':<{width}}  {'STATUS':<8} DESCRIPTION")
+    for p in presets:
+        default = " (default)" if p.name == DEFAULT_PRESET else ""
+        print(f"{p.name:<{width}}  {p.availability():<8} {p.description}{default}")
+    return 0
+
+
+def add_models_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON object per preset")
+
+
+# ---------------------------------------------------------------- entry point
+ARGUMENTS = {"generate": add_generate_arguments, "models": add_models_arguments}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="imagegen",
+        description="Text-to-image with an unCLIP diffusion model: CLIP text encoder -> diffusion prior -> latent "
+                    "U-Net decoder -> VAE. 'imagegen \"PROMPT\"' is short for 'imagegen generate \"PROMPT\"'.",
+    )
+    parser.add_argument("--version", action="version", version=f"imagegen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    for name, (help_text, _) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        ARGUMENTS[name](sub_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "generate")  # `imagegen "a red circle"` and `imagegen --from-png F`
+    parser = build_parser()
+    logging.basicConfig(format="imagegen: %(levelname)s: %(message)s", level=logging.WARNING)
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return COMMANDS[args.command][1](args) or 0
+    except UserError as err:
+        print(f"imagegen: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imagegen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""unCLIP text-to-image in latent space: DALL-E 2's two-stage design (Ramesh et al. 2022, "Hierarchical
+Text-Conditional Image Generation with CLIP Latents") with a latent U-Net decoder, as in Kandinsky 2.2.
+
+    prompt -> tokens -> CLIP text embedding -> diffusion prior -> CLIP image embedding
+           -> U-Net denoising loop on VAE latents -> VAE decode -> PIL images
+
+`UnCLIPPipeline.__call__` is that recipe as numbered steps; the two sampling loops are `sample_prior()` and
+`denoise()`. Image i of a batch draws its noise from its own generators seeded `seed + i` (decoder) and
+`prior_seed + i` (prior), so any image can be made again from the seeds recorded with it.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, replace
+
+import torch
+from diffusers import VQModel
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import schedulers
+from .errors import UserError
+from .result import GenerationResult, MixItem
+from .settings import MAX_SEED, DecoderSettings, PriorSettings, RuntimeSettings, check_seed
+
+log = logging.getLogger("imagegen")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    ref: str  # what finds the model again: a preset name, or the absolute path of a preset file or folder
+    prior_defaults: PriorSettings
+    decoder_defaults: DecoderSettings
+
+
+class UnCLIPPipeline:
+    """CLIP text encoder -> diffusion prior -> latent U-Net decoder -> VAE, with unCLIP mixing and variations."""
+
+    def __init__(self, components: dict, model: ModelInfo, runtime: RuntimeSettings, attention_backend: str = "sdpa"):
+        self.tokenizer = components["tokenizer"]
+        self.text_encoder = components["text_encoder"]
+        self.image_encoder = components["image_encoder"]
+        self.image_processor = components["image_processor"]
+        self.prior = components["prior"]
+        self.prior_scheduler = components["prior_scheduler"]
+        self.unet = components["unet"]
+        self.decoder_scheduler = components["decoder_scheduler"]
+        self.vae = components["vae"]
+        self.model = model
+        self.runtime = runtime
+        self.attention_backend = attention_backend
+        self.device = torch.device(runtime.device)
+        self.dtype = self.unet.dtype
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self._zero_image_embed = None
+
+    # ---------------------------------------------------------------- the recipe
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | None = None,
+        *,
+        negative_prompt: str = "",
+        num_images: int = 1,
+        seed: int | None = None,
+        prior_seed: int | None = None,
+        mix: list[MixItem] | None = None,
+        prior: PriorSettings | None = None,
+        decoder: DecoderSettings | None = None,
+        progress: bool = True,
+    ) -> GenerationResult:
+        prior = prior or self.model.prior_defaults
+        decoder = decoder or self.model.decoder_defaults
+
+        # 1. Check every input before any work, and fix the seeds.
+        items = self._conditioning(prompt, mix)
+        prior.validate()
+        decoder.validate(self.vae_scale_factor)
+        if not isinstance(num_images, int) or num_images < 1:
+            raise UserError(f"number of images must be a whole number >= 1, got {num_images!r}")
+        check_seed("seed", seed)
+        check_seed("prior seed", prior_seed)
+        seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
+        prior_seed = seed if prior_seed is None else prior_seed
+        seeds = [(seed + i) % (MAX_SEED + 1) for i in range(num_images)]
+        prior_seeds = [(prior_seed + i) % (MAX_SEED + 1) for i in range(num_images)]
+
+        # 2-4. Each text: tokens -> CLIP text embedding -> prior -> image embedding; each image: CLIP image
+        #      embedding. The weighted sum is the image embedding the decoder follows (unCLIP mixing).
+        image_embeds, negative_embeds = self.image_embeddings(items, negative_prompt, prior_seeds, prior, progress)
+
+        # 5. U-Net denoising loop on VAE latents, guided away from the negative image embedding.
+        latents = self.denoise(image_embeds, negative_embeds, seeds, decoder, progress)  # (B, C, H/f, W/f)
+
+        # 6. VAE decode -> pixels in [0, 1] -> PIL images.
+        pixels = self.decode(latents)  # (B, H, W, 3)
+        images = [Image.fromarray((p * 255).round().astype("uint8")) for p in pixels]
+        result = GenerationResult.build(images, self, items, negative_prompt, seeds, prior_seeds, prior, decoder)
+        result.pixels = pixels
+        return result
+
+    def _conditioning(self, prompt: str | None, mix: list[MixItem] | None) -> list[MixItem]:
+        if mix and prompt:
+            raise UserError("give either a prompt or mix items (a prompt can be one of the mix items), not both")
+        items = list(mix) if mix else [MixItem(text=prompt, weight=1.0)] if prompt is not None else []
+        if not items:
+            raise UserError("nothing to generate from: give a prompt, mix items or an image for variations")
+        for item in items:
+            item.validate()
+        return items
+
+    # ---------------------------------------------------------------- stage 1: text -> image embedding
+    def image_embeddings(self, items, negative_prompt, prior_seeds, settings, progress):
+        """Weighted sum of each item's image embedding, and the negative image embedding. Both (B, D)."""
+        batch = len(prior_seeds)
+        total, negative = 0, None
+        for item in items:
+            if item.text is not None:
+                # As diffusers' Kandinsky 2.2 prior: a negative prompt is sampled in the same batch, and its
+                # sample becomes the decoder's negative image embedding.
+                texts = [item.text] * batch + ([negative_prompt] * batch if negative_prompt else [])
+                seeds = prior_seeds * (2 if negative_prompt else 1)
+                sampled = self.sample_prior(texts, negative_prompt, seeds, settings, progress)  # (B or 2B, D)
+                embeds = sampled[:batch]
+                if negative_prompt and negative is None:
+                    negative = sampled[batch:]
+            else:
+                embeds = self.embed_image(item.image).repeat(batch, 1)  # (B, D)
+            total = total + embeds * item.weight
+        if negative is None:
+            if negative_prompt:  # images only: sample the negative prompt on its own
+                negative = self.sample_prior([negative_prompt] * batch, negative_prompt, prior_seeds, settings, progress)
+            else:
+                negative = self.zero_image_embed().repeat(batch, 1)  # (B, D)
+        return total, negative
+
+    def encode_text(self, texts: list[str]):
+        """Tokens -> (pooled projected embedding (N, D), token states (N, T, W), attention mask (N, T))."""
+        tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        self._warn_truncated(texts)
+        out = self.text_encoder(tokens.input_ids.to(self.device))
+        return out.text_embeds, out.last_hidden_state, tokens.attention_mask.bool().to(self.device)
+
+    def _warn_truncated(self, texts: list[str]) -> None:
+        limit = self.tokenizer.model_max_length
+        for text in dict.fromkeys(texts):
+            ids = self.tokenizer(text).input_ids
+            if len(ids) > limit:
+                dropped = self.tokenizer.decode(ids[limit - 1:-1])
+                log.warning("prompt is longer than %d tokens; dropped: %r", limit, dropped)
+
+    def sample_prior(self, texts, negative_prompt, seeds, settings: PriorSettings, progress) -> torch.Tensor:
+        """Diffusion prior: sample CLIP image embeddings (N, D) for texts, one generator per row."""
+        guided = settings.guidance > 1
+        unique = list(dict.fromkeys(texts))
+        embeds, states, mask = self.encode_text(unique)
+        rows = [unique.index(t) for t in texts]
+        embeds, states, mask = embeds[rows], states[rows], mask[rows]  # (N, D), (N, T, W), (N, T)
+        if guided:
+            # Unconditional rows go first and are encoded in a batch of the same size, as diffusers does: CPU
+            # kernels round differently for other batch sizes, and parity with diffusers is tested to 1e-4.
+            uncond = self.encode_text([negative_prompt] * len(unique))
+            u_embeds, u_states, u_mask = (x[:1].expand(len(texts), *x.shape[1:]) for x in uncond)
+            embeds, states, mask = torch.cat([u_embeds, embeds]), torch.cat([u_states, states]), torch.cat([u_mask, mask])
+
+        scheduler = schedulers.make_prior_scheduler(self.prior_scheduler, settings.scheduler)
+        scheduler.set_timesteps(settings.steps, device=self.device)
+        timesteps = scheduler.timesteps
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        shape = (len(texts), self.prior.config.embedding_dim)
+        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=embeds.dtype)  # (N, D)
+        latents = latents * scheduler.init_noise_sigma
+        for i, t in enumerate(tqdm(timesteps, desc="prior", disable=not progress, leave=False)):
+            model_input = torch.cat([latents] * 2) if guided else latents  # (2N, D)
+            model_input = scheduler.scale_model_input(model_input, t)
+            predicted = self.prior(model_input, timestep=t, proj_embedding=embeds, encoder_hidden_states=states,
+                                   attention_mask=mask).predicted_image_embedding  # (2N, D)
+            if guided:
+                unconditional, conditional = predicted.chunk(2)
+                predicted = unconditional + settings.guidance * (conditional - unconditional)
+            next_t = timesteps[i + 1] if i + 1 < len(timesteps) else None
+            latents = schedulers.step(scheduler, predicted, t, latents, next_t, generators)
+        return self.prior.post_process_latents(latents)  # (N, D): un-normalised with the prior's CLIP stats
+
+    def embed_image(self, image: Image.Image) -> torch.Tensor:
+        pixels = self.image_processor(images=image.convert("RGB"), return_tensors="pt").pixel_values
+        pixels = pixels.to(device=self.device, dtype=self.image_encoder.dtype)  # (1, 3, S, S)
+        return self.image_encoder(pixels).image_embeds  # (1, D)
+
+    def zero_image_embed(self) -> torch.Tensor:
+        """The image embedding of an all-zero image: Kandinsky 2.2's unconditional decoder input."""
+        if self._zero_image_embed is None:
+            size = self.image_encoder.config.image_size
+            zeros = torch.zeros(1, 3, size, size, device=self.device, dtype=self.image_encoder.dtype)
+            self._zero_image_embed = self.image_encoder(zeros).image_embeds  # (1, D)
+        return self._zero_image_embed
+
+    # ---------------------------------------------------------------- stage 2: image embedding -> pixels
+    def denoise(self, image_embeds, negative_embeds, seeds, settings: DecoderSettings, progress) -> torch.Tensor:
+        """Latent diffusion decoder: the U-Net loop conditioned on image embeddings, one generator per image."""
+        guided = settings.guidance > 1
+        condition = torch.cat([negative_embeds, image_embeds]) if guided else image_embeds  # (2B, D)
+        condition = condition.to(self.unet.dtype)
+
+        scheduler = schedulers.make_decoder_scheduler(self.decoder_scheduler, settings.scheduler)
+        scheduler.set_timesteps(settings.steps, device=self.device)
+        learned_variance = schedulers.uses_learned_variance(scheduler)
+        channels = self.unet.config.in_channels
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        shape = (len(seeds), channels, settings.height // self.vae_scale_factor, settings.width // self.vae_scale_factor)
+        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=condition.dtype)  # (B, C, h, w)
+        latents = latents * scheduler.init_noise_sigma
+        timesteps = scheduler.timesteps
+        for i, t in enumerate(tqdm(timesteps, desc="decoder", disable=not progress, leave=False)):
+            model_input = torch.cat([latents] * 2) if guided else latents  # (2B, C, h, w)
+            model_input = scheduler.scale_model_input(model_input, t)
+            output = self.unet(model_input, t, encoder_hidden_states=None,
+                               added_cond_kwargs={"image_embeds": condition}).sample  # (2B, C or 2C, h, w)
+            noise, variance = output[:, :channels], output[:, channels:]
+            if guided:
+                unconditional, conditional = noise.chunk(2)
+                noise = unconditional + settings.guidance * (conditional - unconditional)  # (B, C, h, w)
+                variance = variance.chunk(2)[1]
+            model_output = torch.cat([noise, variance], dim=1) if learned_variance and variance.shape[1] else noise
+            next_t = timesteps[i + 1] if i + 1 < len(timesteps) else None
+            latents = schedulers.step(scheduler, model_output, t, latents, next_t, generators)
+        return latents
+
+    def decode(self, latents: torch.Tensor):
+        """VAE latents -> float pixels (B, H, W, 3) in [0, 1] as a numpy array."""
+        pixels = self._vae_decode(self.vae, latents)  # (B, 3, H, W) in [-1, 1]
+        if not torch.isfinite(pixels).all() and self.vae.dtype != torch.float32:
+            log.warning("the VAE decode in %s gave NaN/inf values; decoded again in float32", self.vae.dtype)
+            self.vae.to(torch.float32)
+            pixels = self._vae_decode(self.vae, latents.float())
+            self.vae.to(self.dtype)
+        return (pixels * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()  # (B, H, W, 3)
+
+    @staticmethod
+    def _vae_decode(vae, latents):
+        if isinstance(vae, VQModel):
+            # Kandinsky 2.2's U-Net works on MoVQ's unquantised, unscaled latents.
+            return vae.decode(latents.to(vae.dtype), force_not_quantize=True).sample
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
+
+    def with_defaults(self, prior: dict | None = None, decoder: dict | None = None) -> tuple[PriorSettings, DecoderSettings]:
+        """The model's default settings with some fields replaced (unknown names raise TypeError)."""
+        return (replace(self.model.prior_defaults, **(prior or {})),
+                replace(self.model.decoder_defaults, **(decoder or {})))

@@ -1,0 +1,124 @@
+"""Model presets are data: `configs/models/<name>.toml` names a prior folder, a decoder folder and defaults.
+
+Found by name in `./configs/models/` (the working folder) and then beside the package; `--model` also takes a
+preset file or a folder holding `prior/` and `decoder/`. No torch here: `imagegen models` must answer at once.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import UserError
+from .settings import DecoderSettings, PriorSettings
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+DEFAULT_PRESET = "shapes"
+
+
+def preset_dirs() -> list[Path]:
+    dirs = [Path.cwd() / "configs" / "models", PACKAGE_ROOT.parent / "configs" / "models"]
+    unique: list[Path] = []
+    for d in dirs:
+        if d.resolve() not in [u.resolve() for u in unique]:
+            unique.append(d)
+    return unique
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    prior: str  # local folder or Hugging Face hub id
+    decoder: str
+    description: str = ""
+    source: str = ""  # where the preset came from
+    prior_defaults: PriorSettings = field(default_factory=PriorSettings)
+    decoder_defaults: DecoderSettings = field(default_factory=DecoderSettings)
+
+    def is_local(self, ref: str) -> bool:
+        return Path(ref).is_dir()
+
+    def availability(self) -> str:
+        """'local', 'cached' (hub id in the HF cache), or 'missing' — decided from folders alone, without torch."""
+        states = []
+        for ref in (self.prior, self.decoder):
+            if self.is_local(ref):
+                states.append("local")
+            elif _in_hf_cache(ref):
+                states.append("cached")
+            else:
+                states.append("missing")
+        if "missing" in states:
+            return "missing"
+        return "cached" if "cached" in states else "local"
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    if repo_id.count("/") != 1:
+        return False
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface")), "hub"
+    )
+    return (Path(hub) / ("models--" + repo_id.replace("/", "--")) / "snapshots").is_dir()
+
+
+def _resolve_ref(ref: str, base: Path) -> str:
+    """A relative path is relative to the preset file; anything that is not an existing folder stays a hub id."""
+    candidate = (base / ref).resolve()
+    if ref.startswith((".", "/")) or candidate.is_dir():
+        return str(candidate)
+    return ref
+
+
+def load_preset_file(path: Path) -> Preset:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise UserError(f"cannot read preset {str(path)!r}: {err}") from None
+    for key in ("prior", "decoder"):
+        if not isinstance(data.get(key), str):
+            raise UserError(f"preset {str(path)!r} has no '{key}' entry (a folder or a hub id)")
+    prior_defaults = data.get("prior_defaults", {})
+    decoder_defaults = data.get("decoder_defaults", {})
+    try:
+        prior_settings = replace(PriorSettings(), **prior_defaults)
+        decoder_settings = replace(DecoderSettings(), **decoder_defaults)
+    except TypeError as err:
+        raise UserError(f"preset {str(path)!r} has an unknown default: {err}") from None
+    return Preset(
+        name=data.get("name", path.stem),
+        prior=_resolve_ref(data["prior"], path.parent),
+        decoder=_resolve_ref(data["decoder"], path.parent),
+        description=data.get("description", ""),
+        source=str(path),
+        prior_defaults=prior_settings,
+        decoder_defaults=decoder_settings,
+    )
+
+
+def list_presets() -> list[Preset]:
+    seen: dict[str, Preset] = {}
+    for d in preset_dirs():
+        for path in sorted(d.glob("*.toml")):
+            if path.stem not in seen:
+                seen[path.stem] = load_preset_file(path)
+    return list(seen.values())
+
+
+def find_preset(model: str) -> Preset:
+    """A preset name, a preset .toml file, or a folder with `prior/` and `decoder/` subfolders."""
+    path = Path(model)
+    if model.endswith(".toml") and path.is_file():
+        return load_preset_file(path)
+    if path.is_dir():
+        if (path / "prior").is_dir() and (path / "decoder").is_dir():
+            return Preset(name=path.name, prior=str(path / "prior"), decoder=str(path / "decoder"), source=str(path))
+        raise UserError(f"model folder {model!r} must hold 'prior/' and 'decoder/' subfolders (Kandinsky 2.2 layout)")
+    if "/" not in model and "\\" not in model:
+        for d in preset_dirs():
+            candidate = d / f"{model}.toml"
+            if candidate.is_file():
+                return load_preset_file(candidate)
+    names = ", ".join(p.name for p in list_presets()) or "none found"
+    raise UserError(f"unknown model {model!r}; use a preset name ({names}), a preset .toml file, or a model folder")
