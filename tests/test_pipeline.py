@@ -67,11 +67,14 @@ def test_same_seed_gives_identical_images(tiny_pipe, fast_settings):
 
 
 @pytest.mark.parametrize("name", list(DECODER_SCHEDULERS))
-def test_every_decoder_scheduler_denoises(tiny_pipe, fast_settings, name):
+def test_every_decoder_scheduler_denoises_and_is_reset_between_calls(tiny_pipe, fast_settings, name):
     prior, decoder = fast_settings
-    result = tiny_pipe(PROMPT, seed=1, prior=prior, decoder=replace(decoder, scheduler=name), progress=False)
+    decoder = replace(decoder, scheduler=name)
+    result = tiny_pipe(PROMPT, seed=1, prior=prior, decoder=decoder, progress=False)
     assert np.isfinite(result.pixels).all()
     assert result.records[0]["scheduler"] == name
+    again = tiny_pipe(PROMPT, seed=1, prior=prior, decoder=decoder, progress=False)  # same scheduler instance
+    assert np.array_equal(result.pixels, again.pixels)
 
 
 def test_prior_ddpm_scheduler_differs_from_unclip_but_is_finite(tiny_pipe, fast_settings):
