@@ -149,7 +149,7 @@ class UnCLIPPipeline:
     def _warn_truncated(self, texts: list[str]) -> None:
         limit = self.tokenizer.model_max_length
         for text in dict.fromkeys(texts):
-            ids = self.tokenizer(text).input_ids
+            ids = self.tokenizer(text, verbose=False).input_ids
             if len(ids) > limit:
                 dropped = self.tokenizer.decode(ids[limit - 1:-1])
                 log.warning("prompt is longer than %d tokens; dropped: %r", limit, dropped)

@@ -4,10 +4,13 @@ object with every parameter (what `--from-png` reads back). No torch here.
 """
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UserError
@@ -55,31 +58,46 @@ def next_number(folder: Path) -> int:
     return max(numbers, default=0) + 1
 
 
-def save_png(image, record: dict, folder: str | Path) -> Path:
-    """Write `NNNNN-<seed>.png` into folder; the file appears whole or not at all, and never over another."""
-    from PIL.PngImagePlugin import PngInfo
-
+def publish(data: bytes, folder: str | Path, names: Iterator[str]) -> Path:
+    """Write `data` under the first of `names` that is free: complete or not at all, never over another file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".partial-")
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        for name in names:
+            try:
+                os.link(tmp_name, folder / name)  # fails if the name exists, even under a race
+                return folder / name
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"no free name in {str(folder)!r}")
+    finally:
+        os.unlink(tmp_name)
+
+
+def save_png(image, record: dict, folder: str | Path) -> Path:
+    """Write `NNNNN-<seed>.png` (the next free number) into folder, with both metadata chunks."""
+    from PIL.PngImagePlugin import PngInfo
+
     info = PngInfo()
     info.add_text(INFOTEXT_CHUNK, infotext(record))
     info.add_text(JSON_CHUNK, json.dumps(record, ensure_ascii=False))
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            image.save(tmp, format="PNG", pnginfo=info)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        number = next_number(folder)
-        while True:
-            final = folder / f"{number:0{NUMBER_DIGITS}d}-{record['seed']}.png"
-            try:
-                os.link(tmp_name, final)  # fails if the name exists: never overwrites, even under a race
-                return final
-            except FileExistsError:
-                number += 1
-    finally:
-        os.unlink(tmp_name)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    first = next_number(Path(folder)) if Path(folder).is_dir() else 1
+    names = (f"{n:0{NUMBER_DIGITS}d}-{record['seed']}.png" for n in itertools.count(first))
+    return publish(buffer.getvalue(), folder, names)
+
+
+def write_new_file(path: str | Path, data: bytes) -> Path:
+    """Write `path`, or `stem-2.ext`, `stem-3.ext`, ... when it is taken."""
+    path = Path(path)
+    names = itertools.chain([path.name], (f"{path.stem}-{n}{path.suffix}" for n in itertools.count(2)))
+    return publish(data, path.parent, names)
 
 
 def read_record(path: str | Path) -> dict:

@@ -1,0 +1,1 @@
+"""Training data: the procedural "shapes" world (numpy + pillow only, no torch)."""
