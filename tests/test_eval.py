@@ -1,0 +1,67 @@
+"""`imagegen eval`'s machinery: grammar prompts, scoring through the oracle, the report files."""
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from imagegen.data import shapes
+from imagegen.evaluation.adherence import evaluate, grammar_prompts, write_report
+
+
+@dataclass
+class Result:
+    images: list
+    records: list
+
+
+class RenderingPipe:
+    """Stands in for a perfect model: draws exactly what the prompt states (optionally with one attribute wrong)."""
+
+    def __init__(self, wrong_shape=False):
+        self.wrong_shape = wrong_shape
+
+    def __call__(self, prompt, num_images, seed, **_):
+        stated = shapes.parse_prompt(prompt)
+        if self.wrong_shape:
+            stated["shape"] = shapes.SHAPES[(shapes.SHAPES.index(stated["shape"]) + 1) % len(shapes.SHAPES)]
+        images, records = [], []
+        for i in range(num_images):
+            rng = np.random.default_rng(seed + i)
+            attrs = shapes.sample_attributes(rng, fixed=stated)
+            images.append(Image.fromarray(shapes.render(attrs, rng)))
+            records.append({"seed": seed + i, "prior_seed": seed + i})
+        return Result(images, records)
+
+
+def test_grammar_prompts_are_fixed_by_the_seed_and_parse_back():
+    prompts = grammar_prompts(50, seed=3)
+    assert prompts == grammar_prompts(50, seed=3) and prompts != grammar_prompts(50, seed=4)
+    for prompt, stated in prompts:
+        assert shapes.parse_prompt(prompt) == stated
+    lengths = {len(stated) for _, stated in prompts}
+    assert min(lengths) < max(lengths)  # optional parts really are optional
+
+
+def test_a_model_that_draws_the_prompt_scores_full_marks(tmp_path):
+    report, images = evaluate(RenderingPipe(), grammar_prompts(40, seed=0), seeds_per_prompt=2, base_seed=0,
+                              progress=False)
+    assert report.pairs == 80 and report.all_correct == 1.0
+    assert set(report.accuracy) >= {"shape", "colour"} and all(v == 1.0 for v in report.accuracy.values())
+    json_path, grid_path = write_report(tmp_path, report, images)
+    saved = json.loads(json_path.read_text())
+    assert saved["all_attributes"] == 1.0 and len(saved["examples"]) == 80
+    assert Image.open(grid_path).size[0] > 64
+    again, _ = write_report(tmp_path, report, images)
+    assert again.name == "adherence-2.json" and json_path.read_text() == json.dumps(saved, indent=1)
+
+
+def test_a_wrong_shape_is_caught_and_marked_red():
+    report, images = evaluate(RenderingPipe(wrong_shape=True), grammar_prompts(20, seed=1), seeds_per_prompt=1,
+                              base_seed=0, progress=False)
+    assert report.accuracy["shape"] <= 0.05 and report.all_correct <= 0.05
+    assert report.accuracy["colour"] >= 0.95
+    from imagegen.evaluation.adherence import FAIL_COLOUR, failure_grid
+
+    grid = failure_grid(images, report.examples)
+    assert grid.getpixel((0, 0)) == FAIL_COLOUR
