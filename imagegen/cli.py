@@ -244,6 +244,40 @@ def vars_of(settings) -> dict:
     return asdict(settings)
 
 
+# ---------------------------------------------------------------- grid
+def add_grid_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts-file", required=True, metavar="FILE", help="one prompt per line: one row each")
+    p.add_argument("--seeds", type=int, default=4, help="columns: seeds seed..seed+N-1 (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tile", type=int, default=128, help="pixels per image in the sheet (default 128)")
+    add_model_arguments(p)
+    p.add_argument("--out", default="outputs/grid.png", metavar="FILE.png", help="the sheet (never overwritten)")
+
+
+@command("grid", "a contact sheet: one row per prompt, one column per seed")
+def run_grid(args) -> int:
+    import io
+
+    from .png import check_writable_folder, write_new_file
+    from .settings import check_seed
+
+    prompts = read_prompts_file(args.prompts_file)
+    if args.seeds < 1 or args.tile < 1:
+        raise UserError(f"--seeds and --tile must be whole numbers >= 1, got {args.seeds} and {args.tile}")
+    check_seed("--seed", args.seed)
+    check_writable_folder(Path(args.out).parent)
+
+    from .api import load_pipeline
+    from .grid import prompt_grid
+
+    pipe = load_pipeline(args.model or DEFAULT_PRESET, device=args.device, dtype=args.dtype, attention=args.attention)
+    rows = [(p, pipe(p, num_images=args.seeds, seed=args.seed).images) for p in prompts]
+    buffer = io.BytesIO()
+    prompt_grid(rows, tile=args.tile).save(buffer, format="PNG")
+    print(write_new_file(args.out, buffer.getvalue()))
+    return 0
+
+
 # ---------------------------------------------------------------- models
 @command("models", "list the model presets")
 def run_models(args) -> int:
@@ -268,7 +302,8 @@ def add_models_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------- entry point
-ARGUMENTS = {"generate": add_generate_arguments, "models": add_models_arguments, "eval": add_eval_arguments}
+ARGUMENTS = {"generate": add_generate_arguments, "models": add_models_arguments, "eval": add_eval_arguments,
+             "grid": add_grid_arguments}
 
 
 def build_parser() -> argparse.ArgumentParser:
