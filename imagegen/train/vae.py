@@ -1,0 +1,91 @@
+"""Stage 2: the KL-regularised autoencoder of latent diffusion (Rombach et al. 2022, "High-Resolution Image Synthesis
+with Latent Diffusion Models"), diffusers' AutoencoderKL: 64x64x3 pixels <-> 16x16x4 latents.
+
+Loss: MSE + L1 on the reconstruction of a posterior sample, plus a tiny KL term that keeps the latent space smooth
+without blurring. At the end the latent std is measured on held-out images and `scaling_factor = 1 / std` is stored
+in the model config, so the decoder stage diffuses latents of unit variance; the pipeline divides by it on decode.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+
+from ..data import shapes
+from . import loop
+from .config import TrainConfig
+from .data import heldout_batch, training_batch
+
+LATENT_KINDS = ("mean", "sample")
+
+
+def build_vae(config: TrainConfig) -> AutoencoderKL:
+    cfg = config.vae
+    levels = len(cfg.channels)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
+                         block_out_channels=tuple(cfg.channels), layers_per_block=cfg.layers_per_block,
+                         down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+                         norm_num_groups=cfg.norm_groups, sample_size=shapes.IMAGE_SIZE)
+
+
+def encode(vae: AutoencoderKL, pixels: torch.Tensor, kind: str) -> torch.Tensor:
+    """Unscaled latents (B, C, h, w) of pixels in [-1, 1]: the posterior mean, or a sample of it."""
+    posterior = vae.encode(pixels).latent_dist
+    return posterior.mean if kind == "mean" else posterior.sample()
+
+
+def train_vae(config: TrainConfig, run_dir: Path) -> dict:
+    cfg = config.vae
+    if cfg.latents not in LATENT_KINDS:
+        raise ValueError(f"vae.latents must be one of {LATENT_KINDS}, got {cfg.latents!r}")
+    stage_dir = run_dir / "vae"
+    vae = build_vae(config)
+
+    def loss_fn(step: int):
+        pixels = training_batch(cfg.train.seed, step, cfg.train.batch_size).pixels()  # (B, 3, 64, 64) in [-1, 1]
+        with loop.autocast(cfg.train.bf16):
+            posterior = vae.encode(pixels).latent_dist  # (B, 4, 16, 16) mean and std
+            reconstruction = vae.decode(posterior.sample()).sample.float()  # (B, 3, 64, 64)
+        mse = F.mse_loss(reconstruction, pixels)
+        l1 = F.l1_loss(reconstruction, pixels)
+        kl = posterior.kl().mean()  # summed over latent elements, mean over the batch
+        logs = {"mse": mse.item(), "l1": l1.item(), "kl": kl.item()}
+        return mse + cfg.l1_weight * l1 + cfg.kl_weight * kl, logs
+
+    metrics = loop.train("vae", stage_dir, vae, loss_fn, cfg.train, config.run)
+    metrics.update(measure_and_scale(config, vae))
+    loop.save_model(vae, stage_dir / "final" / "vae", config.run.other_dtype)
+    return metrics
+
+
+@torch.no_grad()
+def measure_and_scale(config: TrainConfig, vae: AutoencoderKL) -> dict:
+    """PSNR of held-out reconstructions (from the posterior mean), and the latent statistics; stores 1 / std as the
+    VAE's scaling_factor."""
+    cfg = config.vae
+    batch = heldout_batch(config.data.heldout_seed, cfg.eval_images)
+    all_pixels = batch.pixels()  # (N, 3, 64, 64)
+    squared_errors, latents = [], []
+    for start in range(0, cfg.eval_images, cfg.train.batch_size):
+        pixels = all_pixels[start:start + cfg.train.batch_size]  # (b, 3, 64, 64)
+        posterior = vae.encode(pixels).latent_dist
+        reconstruction = vae.decode(posterior.mean).sample.clamp(-1, 1)  # (b, 3, 64, 64)
+        # PSNR on [0, 1] pixels, per image, then averaged (the usual reporting).
+        squared_errors.append(((reconstruction - pixels) / 2).pow(2).mean(dim=(1, 2, 3)))
+        latents.append(posterior.mean if cfg.latents == "mean" else posterior.sample())
+    per_image_mse = torch.cat(squared_errors)  # (N,)
+    latents = torch.cat(latents)  # (N, 4, 16, 16)
+    std = latents.std().item()
+    vae.register_to_config(scaling_factor=1 / std)
+    return {"psnr_db": round(float((-10 * torch.log10(per_image_mse)).mean()), 3),
+            "psnr_of_mean_mse_db": round(-10 * math.log10(per_image_mse.mean().item()), 3),
+            "latent_std": round(std, 5), "latent_mean": round(latents.mean().item(), 5),
+            "scaling_factor": 1 / std, "eval_images": cfg.eval_images}
+
+
+def load_frozen_vae(folder: Path) -> AutoencoderKL:
+    """The finished VAE (folder = the stage's final/ folder): float32, eval mode, no gradients."""
+    return AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32).eval().requires_grad_(False)

@@ -1,0 +1,91 @@
+"""The training code end to end on a tiny config: four stages of 2 steps, the written Kandinsky 2.2 folder generates,
+a resumed run skips finished stages, and a killed stage resumes from its checkpoint."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from imagegen.errors import UserError
+from imagegen.train.config import STAGES, TrainSettings, load_config, to_toml
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "shapes.toml"
+STEPS = {"max_steps": 2, "warmup_steps": 1, "batch_size": 8, "minutes": 5.0}
+
+
+def tiny_overrides(runs_dir: Path) -> dict:
+    """The real recipe with every model and every set made tiny (characters-only tokenizer: a small embedding table)."""
+    return {
+        "run": {"runs_dir": str(runs_dir), "name": "tiny"},
+        "clip": {"vocabulary": "bytes", "embed_dim": 16, "text_layers": 1, "text_heads": 2, "text_mlp": 32,
+                 "vision_hidden": 32, "vision_layers": 1, "vision_heads": 2, "vision_mlp": 64, "eval_images": 8,
+                 "train": STEPS},
+        "vae": {"channels": [8, 16, 16], "norm_groups": 8, "eval_images": 8, "train": STEPS},
+        "prior": {"layers": 1, "heads": 2, "head_dim": 8, "stats_images": 16, "eval_images": 8, "eval_steps": 2,
+                  "train": STEPS},
+        "decoder": {"channels": [16, 32, 32], "cross_attention_dim": 32, "attention_head_dim": 8, "norm_groups": 8,
+                    "eval_images": 8, "cache_batches": 2, "train": STEPS},
+        "samples": {"prompts": ["a red circle"], "prior_steps": 2, "decoder_steps": 2},
+    }
+
+
+def test_train_base_writes_a_loadable_model_and_resume_skips_finished_stages(tmp_path):
+    import imagegen
+    from imagegen.settings import DecoderSettings, PriorSettings
+    from imagegen.train.run import train_base
+
+    overrides = tiny_overrides(tmp_path / "runs")
+    out = tmp_path / "model"
+    first = train_base(CONFIG, out, resume=False, overrides=overrides)
+    assert first["ran"] == list(STAGES) and first["skipped"] == []
+    for stage in STAGES:
+        assert first["metrics"][stage]["steps"] == STEPS["max_steps"]
+    assert set(first["metrics"]["clip"]["zero_shot_accuracy"]) == {"shape", "colour", "background", "size", "position"}
+
+    # Kandinsky 2.2 layout, safetensors only, and the recorded config reads back as the one used.
+    assert {p.name for p in out.iterdir()} >= {"prior", "decoder", "training_config.toml", "metrics.json"}
+    weights = [p.suffix for p in out.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")]
+    assert weights and set(weights) == {".safetensors"}
+    assert load_config(out / "training_config.toml") == load_config(CONFIG, overrides=overrides)
+
+    pipe = imagegen.load_pipeline(str(out))
+    assert pipe.vae.config.scaling_factor == pytest.approx(first["metrics"]["vae"]["scaling_factor"])
+    result = pipe("a red circle", num_images=1, seed=0, prior=PriorSettings(steps=2),
+                  decoder=DecoderSettings(steps=2, width=64, height=64), progress=False)
+    assert result.images[0].size == (64, 64)
+
+    with pytest.raises(UserError, match="--resume"):
+        train_base(CONFIG, out, resume=False, overrides=overrides)
+    again = train_base(CONFIG, out, resume=True, overrides=overrides)
+    assert again["ran"] == [] and again["skipped"] == list(STAGES)
+    assert (tmp_path / "runs" / "tiny" / "train.log").read_text().count("finished earlier, skipped") == len(STAGES)
+
+
+def test_a_stopped_stage_resumes_from_its_checkpoint(tmp_path):
+    from imagegen.train import loop
+
+    run = load_config(CONFIG).run
+    settings = TrainSettings(seed=0, batch_size=1, lr=1e-2, weight_decay=0.0, adam_betas=(0.9, 0.999),
+                             warmup_steps=1, max_steps=3, minutes=5.0, grad_clip=1.0, bf16=False)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    seen = {}  # step -> the weights it started from
+
+    def loss_fn(step):
+        seen[step] = model.weight.detach().clone()
+        return model(torch.ones(1, 2)).pow(2).mean(), {}
+
+    loop.train("toy", tmp_path, model, loss_fn, settings, run)
+    weights_after_3 = model.weight.detach().clone()
+    model = torch.nn.Linear(2, 1)  # a fresh process: new weights, then the checkpoint
+    loop.train("toy", tmp_path, model, loss_fn, settings.__class__(**{**settings.__dict__, "max_steps": 5}), run)
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    assert torch.equal(seen[3], weights_after_3)  # step 3 started from the checkpoint, not from the fresh weights
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 5
+
+
+def test_written_config_round_trips():
+    config = load_config(CONFIG, smoke=True)
+    assert config.run.name.endswith("-smoke") and config.decoder.train.max_steps == config.smoke.max_steps
+    import tomllib
+
+    assert tomllib.loads(to_toml(config))["clip"]["zero_shot_prompts"]["shape"] == config.clip.zero_shot_prompts.shape
