@@ -28,7 +28,8 @@ def load_pipeline(model: str = "shapes", *, device: str = "cpu", dtype: str = "a
 
     loaded = load_model(preset.prior, preset.decoder, runtime.resolved_dtype, runtime.device)
     ref = model if preset.source.endswith(f"{model}.toml") and "/" not in model else str(Path(model).resolve())
-    info = ModelInfo(name=preset.name, ref=ref, prior_defaults=preset.prior_defaults, decoder_defaults=preset.decoder_defaults)
+    info = ModelInfo(name=preset.name, ref=ref, folders=(str(loaded.prior_folder), str(loaded.decoder_folder)),
+                     prior_defaults=preset.prior_defaults, decoder_defaults=preset.decoder_defaults)
     pipe = UnCLIPPipeline(loaded.components, info, runtime, attention_backend=backend)
     apply_attention([pipe.prior, pipe.unet, pipe.vae], backend)
     pipe.prior_folder, pipe.decoder_folder = loaded.prior_folder, loaded.decoder_folder

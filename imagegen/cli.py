@@ -52,6 +52,9 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                    help="mix prompts and/or image files in image-embedding space, e.g. --mix 'a red circle:0.7' "
                         "--mix 'a blue square:0.3' (repeatable)")
     p.add_argument("--variations-of", metavar="IMAGE", help="make variations of an image (its CLIP image embedding)")
+    p.add_argument("--lora", action="append", metavar="NAME[:WEIGHT]",
+                   help="LoRA adapter by name (lora_adapters/, $IMAGEGEN_LORA_PATH) or path, e.g. --lora heart:0.8 or "
+                        "--lora heart:unet=1:prior=0.5:te=0 (repeatable); prompts may also say <lora:NAME:WEIGHT>")
     p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line, all generated in one process")
     p.add_argument("--from-png", metavar="FILE", help="generate again the image a PNG of imagegen's records")
     add_model_arguments(p)
@@ -124,8 +127,11 @@ def generation_jobs(args) -> list[dict]:
     check_seed("--prior-seed", args.prior_seed)
     if args.num_images < 1:
         raise UserError(f"-n must be a whole number >= 1, got {args.num_images}")
+    from .lora.requests import parse_spec
+
+    loras = [parse_spec(spec) for spec in args.lora or []]
     common = dict(negative_prompt=args.negative, num_images=args.num_images, seed=args.seed,
-                  prior_seed=args.prior_seed, prior=prior, decoder=decoder)
+                  prior_seed=args.prior_seed, prior=prior, decoder=decoder, loras=loras)
     mix = [parse_mix_item(m) for m in args.mix or []]
     if args.variations_of:
         mix.append(parse_mix_item(args.variations_of))
@@ -145,6 +151,7 @@ def _given(**values) -> dict:
 
 def from_png_job(path: str) -> dict:
     """The same call that made the PNG: its whole batch again (batches are bit-exact, single images may not be)."""
+    from .lora.requests import LoraRequest
     from .png import read_record
     from .result import MixItem, settings_from_record
 
@@ -156,7 +163,8 @@ def from_png_job(path: str) -> dict:
                for m in record["mix"]]
         return dict(model=record["model_ref"], negative_prompt=record["negative_prompt"], num_images=record["batch_size"],
                     seed=record["batch_seed"], prior_seed=record["batch_prior_seed"], prior=prior, decoder=decoder,
-                    mix=mix, keep_index=record["batch_index"], runtime=(record["device"], record["dtype"]))
+                    mix=mix, keep_index=record["batch_index"], runtime=(record["device"], record["dtype"]),
+                    loras=[LoraRequest(r["path"], r["weights"]) for r in record.get("loras", [])])
     except (KeyError, TypeError) as err:
         raise UserError(f"the imagegen metadata in {path!r} lacks {err}; it was not written by this version") from None
 
@@ -278,6 +286,57 @@ def run_grid(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- lora
+def add_lora_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="lora_command", metavar="ACTION", parser_class=OneLineParser, required=True)
+    listing = sub.add_parser("list", help="the adapters found (lora_adapters/, $IMAGEGEN_LORA_PATH)")
+    listing.add_argument("--json", action="store_true")
+    inspect = sub.add_parser("inspect", help="every metadata field of one adapter")
+    inspect.add_argument("name", help="adapter name or .safetensors path")
+    inspect.add_argument("--json", action="store_true")
+    convert = sub.add_parser("convert", help="write an adapter in kohya format (lora_unet_/lora_te_ keys)")
+    convert.add_argument("name", help="adapter name or .safetensors path")
+    convert.add_argument("output", help="the new .safetensors file (must not exist)")
+    convert.add_argument("--model", default=None, help=f"the base model whose module names map keys (default {DEFAULT_PRESET})")
+
+
+@command("lora", "list, inspect and convert LoRA adapter files")
+def run_lora(args) -> int:
+    from .lora import files
+
+    if args.lora_command == "list":
+        rows = [files.describe(path).as_dict() for path in files.available().values()]
+        for row in rows:
+            del row["metadata"]
+        if args.json:
+            for row in rows:
+                print(json.dumps(row))
+            return 0
+        print(f"{'NAME':<16} {'COMPONENTS':<28} {'RANK':<18} {'BASE':<10} {'TRIGGERS':<20} SIZE")
+        for r in rows:
+            ranks = ",".join(f"{k}={v}" for k, v in r["ranks"].items()) or "?"
+            print(f"{r['name']:<16} {','.join(r['components']):<28} {ranks:<18} {r['base_model']:<10} "
+                  f"{','.join(r['trigger_words']):<20} {r['size_bytes'] / 1024:.0f} KiB")
+        return 0
+    path = files.find(args.name)
+    if args.lora_command == "inspect":
+        info = files.describe(path).as_dict()
+        info["lora_hash"] = files.tensor_hash(path)
+        if args.json:
+            print(json.dumps(info))
+        else:
+            for key, value in info.items():
+                if key != "metadata":
+                    print(f"{key}: {value}")
+            for key, value in sorted(info["metadata"].items()):
+                print(f"  {key}: {value}")
+        return 0
+    from .lora.convert import convert_to_kohya
+
+    print(convert_to_kohya(path, Path(args.output), args.model or DEFAULT_PRESET))
+    return 0
+
+
 # ---------------------------------------------------------------- models
 @command("models", "list the model presets")
 def run_models(args) -> int:
@@ -303,7 +362,7 @@ def add_models_arguments(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- entry point
 ARGUMENTS = {"generate": add_generate_arguments, "models": add_models_arguments, "eval": add_eval_arguments,
-             "grid": add_grid_arguments}
+             "grid": add_grid_arguments, "lora": add_lora_arguments}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ class ModelInfo:
     ref: str  # what finds the model again: a preset name, or the absolute path of a preset file or folder
     prior_defaults: PriorSettings
     decoder_defaults: DecoderSettings
+    folders: tuple = ()  # the prior and decoder folders (their weights give the model's fingerprint)
 
 
 class UnCLIPPipeline:
@@ -57,9 +58,10 @@ class UnCLIPPipeline:
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self._zero_image_embed = None
         self._schedulers = {}  # (stage, name) -> scheduler, reused: from_config costs ~5 ms
+        self._loras = None
+        self._fingerprint = None
 
     # ---------------------------------------------------------------- the recipe
-    @torch.inference_mode()
     def __call__(
         self,
         prompt: str | None = None,
@@ -69,6 +71,7 @@ class UnCLIPPipeline:
         seed: int | None = None,
         prior_seed: int | None = None,
         mix: list[MixItem] | None = None,
+        loras: list | None = None,
         prior: PriorSettings | None = None,
         decoder: DecoderSettings | None = None,
         progress: bool = True,
@@ -76,8 +79,10 @@ class UnCLIPPipeline:
         prior = prior or self.model.prior_defaults
         decoder = decoder or self.model.decoder_defaults
 
-        # 1. Check every input before any work, and fix the seeds.
+        # 1. Check every input before any work, fix the seeds, and switch to the LoRA adapters asked for (by
+        #    `loras` and by `<lora:NAME:WEIGHT>` tags in the prompts; None and no tags keeps the current ones).
         items = self._conditioning(prompt, mix)
+        items, tag_requests = self._split_lora_tags(items)
         prior.validate()
         decoder.validate(self.vae_scale_factor)
         if not isinstance(num_images, int) or num_images < 1:
@@ -88,18 +93,26 @@ class UnCLIPPipeline:
         prior_seed = seed if prior_seed is None else prior_seed
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(num_images)]
         prior_seeds = [(prior_seed + i) % (MAX_SEED + 1) for i in range(num_images)]
+        if loras is not None or tag_requests:
+            from .lora.requests import merge
 
-        # 2-4. Each text: tokens -> CLIP text embedding -> prior -> image embedding; each image: CLIP image
-        #      embedding. The weighted sum is the image embedding the decoder follows (unCLIP mixing).
-        image_embeds, negative_embeds = self.image_embeddings(items, negative_prompt, prior_seeds, prior, progress)
+            self.loras.activate(merge(list(loras or []) + tag_requests))  # outside inference mode: peft sets flags
 
-        # 5. U-Net denoising loop on VAE latents, guided away from the negative image embedding.
-        latents = self.denoise(image_embeds, negative_embeds, seeds, decoder, progress)  # (B, C, H/f, W/f)
+        with torch.inference_mode():
+            # 2-4. Each text: tokens -> CLIP text embedding -> prior -> image embedding; each image: CLIP image
+            #      embedding. The weighted sum is the image embedding the decoder follows (unCLIP mixing).
+            texts_cleaned = [replace(item, text=cleaned) for item, cleaned in items]
+            image_embeds, negative_embeds = self.image_embeddings(texts_cleaned, negative_prompt, prior_seeds, prior,
+                                                                  progress)
 
-        # 6. VAE decode -> pixels in [0, 1] -> PIL images.
-        pixels = self.decode(latents)  # (B, H, W, 3)
+            # 5. U-Net denoising loop on VAE latents, guided away from the negative image embedding.
+            latents = self.denoise(image_embeds, negative_embeds, seeds, decoder, progress)  # (B, C, H/f, W/f)
+
+            # 6. VAE decode -> pixels in [0, 1] -> PIL images.
+            pixels = self.decode(latents)  # (B, H, W, 3)
         images = [Image.fromarray((p * 255).round().astype("uint8")) for p in pixels]
-        result = GenerationResult.build(images, self, items, negative_prompt, seeds, prior_seeds, prior, decoder)
+        result = GenerationResult.build(images, self, [item for item, _ in items], negative_prompt, seeds, prior_seeds,
+                                        prior, decoder)
         result.pixels = pixels
         return result
 
@@ -112,6 +125,57 @@ class UnCLIPPipeline:
         for item in items:
             item.validate()
         return items
+
+    @staticmethod
+    def _split_lora_tags(items):
+        """(item, text to encode) pairs with `<lora:...>` tags taken out of texts, and the requests they make."""
+        if not any(item.text and "<lora:" in item.text for item in items):
+            return [(item, item.text) for item in items], []
+        from .lora.requests import split_prompt
+
+        pairs, requests = [], []
+        for item in items:
+            cleaned, found = split_prompt(item.text) if item.text is not None else (None, [])
+            if item.text is not None and not cleaned:
+                raise UserError(f"prompt {item.text!r} holds nothing but LoRA tags")
+            pairs.append((item, cleaned))
+            requests += found
+        return pairs, requests
+
+    # ---------------------------------------------------------------- LoRA adapters
+    @property
+    def loras(self):
+        if self._loras is None:
+            from .lora.manager import LoraManager
+
+            self._loras = LoraManager(self)
+        return self._loras
+
+    def load_lora(self, name_or_path: str, weight: float | dict = 1.0) -> str:
+        """Load an adapter and add it to the active set with `weight` (a number, or {component: number})."""
+        name = self.loras.load(name_or_path)
+        self.set_lora_weights({**self.loras.active, name: weight})
+        return name
+
+    def set_lora_weights(self, weights: dict) -> None:
+        self.loras.set_weights(weights)
+
+    def fuse_loras(self) -> None:
+        self.loras.fuse()
+
+    def unfuse_loras(self) -> None:
+        self.loras.unfuse()
+
+    def unload_lora(self, name: str | None = None) -> None:
+        """Unload one adapter, or all of them; with none left the base model is restored exactly."""
+        self.loras.unload(name) if name else self.loras.unload_all()
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            from .loading import fingerprint
+
+            self._fingerprint = fingerprint(self.model.folders)
+        return self._fingerprint
 
     # ---------------------------------------------------------------- stage 1: text -> image embedding
     def image_embeddings(self, items, negative_prompt, prior_seeds, settings, progress):
