@@ -337,6 +337,22 @@ def run_lora(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- train-base
+def add_train_base_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/train/shapes.toml", help="training recipe (TOML)")
+    p.add_argument("--out", help="model folder to write, e.g. imagegen/weights/shapes (prior/ and decoder/)")
+    p.add_argument("--resume", action="store_true", help="continue the run: skip finished stages, resume the current")
+    p.add_argument("--smoke", action="store_true", help="~5 steps per stage, an end-to-end check of the code")
+
+
+@command("train-base", "train the embedded shapes model from scratch: CLIP -> VAE -> prior -> decoder")
+def run_train_base(args) -> int:
+    from .train.run import main as train_main
+
+    argv = ["--config", args.config] + (["--out", args.out] if args.out else [])
+    return train_main(argv + ["--resume"] * args.resume + ["--smoke"] * args.smoke)
+
+
 # ---------------------------------------------------------------- models
 @command("models", "list the model presets")
 def run_models(args) -> int:
@@ -362,7 +378,8 @@ def add_models_arguments(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- entry point
 ARGUMENTS = {"generate": add_generate_arguments, "models": add_models_arguments, "eval": add_eval_arguments,
-             "grid": add_grid_arguments, "lora": add_lora_arguments}
+             "grid": add_grid_arguments, "lora": add_lora_arguments,
+             "train-base": add_train_base_arguments}
 
 
 def build_parser() -> argparse.ArgumentParser:
