@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test
+.PHONY: demo test samples
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -18,3 +18,8 @@ demo: $(STAMP)
 ## test: run the test suite offline
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
+
+## samples: regenerate samples/shapes-grid.png from samples/prompts.txt with the default model
+samples: $(STAMP)
+	rm -f samples/shapes-grid.png
+	HF_HUB_OFFLINE=1 $(VENV)/bin/imagegen grid --prompts-file samples/prompts.txt --seeds 6 --seed 0 --out samples/shapes-grid.png
