@@ -353,6 +353,257 @@ def run_train_base(args) -> int:
     return train_main(argv + ["--resume"] * args.resume + ["--smoke"] * args.smoke)
 
 
+# ---------------------------------------------------------------- make-dataset and train-lora
+DATASETS = ("heart", "outline")
+
+
+def add_make_dataset_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=DATASETS, help="heart: filled hearts ('a red heart ...'); outline: the five base "
+                                                  "shapes drawn as 3-px outlines ('a red outlined circle ...')")
+    p.add_argument("out", metavar="OUT", help="the folder to write (new or empty): PNG + .txt pairs and metadata.jsonl")
+    p.add_argument("--count", type=int, default=256, help="images (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("make-dataset", "write a captioned demonstration dataset from the shapes world, for train-lora")
+def run_make_dataset(args) -> int:
+    from .data import shapes
+    from .settings import check_seed
+
+    if args.count < 1:
+        raise UserError(f"--count must be a whole number >= 1, got {args.count}")
+    check_seed("--seed", args.seed)
+    kind = dict(shapes=("heart",)) if args.kind == "heart" else dict(shapes=shapes.SHAPES, style="outline")
+    try:
+        folder = shapes.write_dataset(args.out, args.count, args.seed, **kind)
+    except (ValueError, OSError) as err:
+        raise UserError(str(err)) from None
+    print(folder)
+    return 0
+
+
+def add_train_lora_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", metavar="DATA", help="folder of images with same-name .txt captions (kohya), or with a "
+                                                "metadata.jsonl of file_name and text (Hugging Face imagefolder)")
+    p.add_argument("--name", required=True, help="adapter name: writes OUT/NAME.safetensors")
+    p.add_argument("--base", default=DEFAULT_PRESET, metavar="MODEL",
+                   help=f"base model: preset name, preset .toml or model folder (default {DEFAULT_PRESET})")
+    p.add_argument("--components", default="unet,prior",
+                   help="what gets LoRA layers: some of unet,prior,text_encoder (default unet,prior)")
+    p.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
+    p.add_argument("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha / rank (default: the rank)")
+    p.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=4, help="examples per step and process (default 4)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the LoRA init, example order, noise (default 0)")
+    p.add_argument("--mixed-precision", default=None, metavar="{no,bf16}",
+                   help="bf16 autocast (~20x slower on CPUs without AVX-512 BF16; default no, or accelerate's)")
+    p.add_argument("--resolution", type=int, help="train at this square size (default: the model's width x height)")
+    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (default 100)")
+    p.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint or a checkpoint folder")
+    p.add_argument("--validation-prompt", action="append", metavar="TEXT",
+                   help="prompt of the validation grid (repeatable): base model and adapter side by side")
+    p.add_argument("--validation-every", type=int, default=0, metavar="N",
+                   help="write a validation grid every N steps (default 0: after the last step only)")
+    p.add_argument("--trigger", action="append", metavar="WORD", help="trigger word stored in the adapter (repeatable)")
+    p.add_argument("--out", default="lora_adapters", metavar="FOLDER",
+                   help="where the adapter goes (default lora_adapters/)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an adapter of that name (the old file stays until the new one is complete)")
+    p.add_argument("--skip-bad", action="store_true", help="train without unreadable images instead of stopping")
+
+
+@command("train-lora", "train a LoRA adapter on a folder of captioned images (accelerate launch for several processes)")
+def run_train_lora(args) -> int:
+    import os
+
+    options = dict(data=args.data, name=args.name, base=args.base, rank=args.rank, alpha=args.alpha,
+                   components=tuple(c.strip() for c in args.components.split(",") if c.strip()), steps=args.steps,
+                   lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
+                   mixed_precision=(args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")).lower(),
+                   resolution=args.resolution, save_every=args.save_every, resume=args.resume,
+                   validation_prompts=tuple(args.validation_prompt or ()), validation_every=args.validation_every,
+                   triggers=tuple(args.trigger or ()), out=args.out, overwrite=args.overwrite, skip_bad=args.skip_bad)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank:  # one data-parallel run: the main process speaks for all
+        logging.getLogger("imagegen").setLevel(logging.ERROR)
+    try:
+        from .train.lora import LoraOptions, train_lora
+
+        result = train_lora(LoraOptions(**options))
+    except UserError:
+        if rank:
+            return 2  # the main process reports it
+        raise
+    if rank:
+        return 130 if result.interrupted else 0
+    for path in result.validation_images:
+        print(f"validation grid: {path}", file=sys.stderr)
+    if result.interrupted:
+        print(f"imagegen: stopped at step {result.steps}; checkpoint {result.checkpoint}; continue with the same "
+              "command and --resume latest", file=sys.stderr)
+        return 130
+    speed = f", {result.seconds_per_step:.3f} s/step" if result.seconds_per_step else ""
+    loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
+    print(f"{result.adapter}  ({result.steps} steps{speed}{loss})")
+    return 0
+
+
+# ---------------------------------------------------------------- classify and score
+def add_clip_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clip", default=DEFAULT_PRESET, metavar="BACKEND",
+                   help=f"the CLIP to use: a model preset or folder (its own CLIP pair; default {DEFAULT_PRESET}), "
+                        "open_clip:ARCH/PRETRAINED, open_clip:hf-hub:ORG/REPO, or open_clip:ARCH with --checkpoint")
+    p.add_argument("--checkpoint", metavar="FILE.safetensors", help="weights for --clip open_clip:ARCH")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable and non-image files with a warning")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+
+
+def add_classify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="*", metavar="IMAGES_OR_FOLDERS", help="image files and folders (walked recursively)")
+    labels = p.add_mutually_exclusive_group()
+    labels.add_argument("--labels", help="class names, comma-separated: 'red circle,blue square'")
+    labels.add_argument("--labels-file", metavar="FILE", help="class names, one per line")
+    prompts = p.add_mutually_exclusive_group()
+    prompts.add_argument("--templates", metavar="FILE",
+                         help="prompt templates, one per line, each with {} for the class name (default: a built-in "
+                              "ensemble such as 'a photo of a {}.')")
+    prompts.add_argument("--cupl", metavar="FILE.json",
+                         help="CuPL prompts, a JSON object {class name: [prompt, ...]}; without labels its keys are the classes")
+    p.add_argument("--top-k", type=int, default=1, help="labels shown per image, best first (default 1)")
+    p.add_argument("--eval", metavar="FOLDER",
+                   help="measure acc@1, acc@5 and mean per-class recall on FOLDER (one subfolder of images per class)")
+    p.add_argument("--out", default="outputs/classify", metavar="FOLDER",
+                   help="where --eval writes its confusion-matrix PNG and JSON report (default outputs/classify)")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="one JSON object per image (with --eval: the report)")
+    output.add_argument("--csv", action="store_true", help="CSV rows: path, rank, label, probability")
+    add_clip_arguments(p)
+
+
+def check_batch_size(args) -> None:
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be a whole number >= 1, got {args.batch_size}")
+
+
+def classify_prompts(args, labels: list[str] | None):
+    """(class names, templates or CuPL prompts) from --labels/--labels-file and --templates/--cupl."""
+    from .classify import zeroshot
+
+    if args.cupl:
+        return zeroshot.read_cupl_file(args.cupl, labels)
+    if labels is None:
+        raise UserError("no labels: give --labels 'red circle,blue square', --labels-file FILE or --cupl FILE.json")
+    templates = zeroshot.read_templates_file(args.templates) if args.templates else zeroshot.DEFAULT_TEMPLATES
+    return labels, templates
+
+
+@command("classify", "zero-shot CLIP classification of images, or its accuracy on a labelled folder (--eval)")
+def run_classify(args) -> int:
+    from .classify import zeroshot
+
+    check_batch_size(args)
+    if args.eval:
+        return run_classify_eval(args)
+    if not args.images:
+        raise UserError("no images given: pass image files or folders (or --eval FOLDER)")
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be a whole number >= 1, got {args.top_k}")
+    labels = (zeroshot.read_labels_file(args.labels_file) if args.labels_file
+              else zeroshot.parse_labels(args.labels) if args.labels is not None else None)
+    labels, templates = classify_prompts(args, labels)
+
+    from .classify.run import classify, collect_images
+
+    files = collect_images(args.images, args.skip_bad)
+
+    from .classify.backends import load_backend
+
+    backend = load_backend(args.clip, args.checkpoint, args.device)
+    predictions = classify(backend, files, labels, templates, args.top_k, args.batch_size, args.skip_bad)
+    if args.json:
+        for p in predictions:
+            print(json.dumps({**p.as_dict(), "clip": backend.name}))
+    elif args.csv:
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", "rank", "label", "probability"])
+        for p in predictions:
+            for rank, (label, probability) in enumerate(zip(p.labels, p.probabilities), 1):
+                writer.writerow([p.path, rank, label, f"{probability:.6f}"])
+    else:
+        width = max([len("IMAGE")] + [len(p.path) for p in predictions])
+        print(f"{'IMAGE':<{width}}  {'PROB':>6}  LABEL")
+        for p in predictions:
+            for rank, (label, probability) in enumerate(zip(p.labels, p.probabilities)):
+                print(f"{p.path if rank == 0 else '':<{width}}  {probability:6.1%}  {label}")
+    return 0
+
+
+def run_classify_eval(args) -> int:
+    from .classify import zeroshot
+    from .png import check_writable_folder, write_new_file
+
+    if args.images or args.labels or args.labels_file:
+        raise UserError("--eval takes its classes from the subfolders of FOLDER; give no images or labels with it")
+    if args.csv:
+        raise UserError("--eval reports as text or --json, not --csv")
+    check_writable_folder(args.out)
+
+    from .classify.run import evaluate, labelled_images
+
+    classes, files, targets = labelled_images(args.eval, args.skip_bad)
+    _, templates = classify_prompts(args, classes)
+
+    from .classify.backends import load_backend
+    from .classify.report import confusion_png
+
+    backend = load_backend(args.clip, args.checkpoint, args.device)
+    result = evaluate(backend, classes, files, targets, templates, args.batch_size, args.skip_bad)
+    png = write_new_file(Path(args.out) / "confusion.png", confusion_png(result))
+    report = {**result.summary(), "folder": str(args.eval), "clip": backend.name, "confusion_png": str(png),
+              "templates": templates if isinstance(templates, dict) else list(templates)}
+    report_path = write_new_file(Path(args.out) / "classify-eval.json", json.dumps(report, indent=2).encode())
+    if args.json:
+        print(json.dumps({**report, "report": str(report_path)}))
+        return 0
+    print(f"{result.images} images, {len(classes)} classes, CLIP {backend.name}")
+    print(f"  acc@1                  {result.accuracy:6.1%}")
+    print(f"  acc@{result.top_k:<18} {result.accuracy_top_k:6.1%}")
+    print(f"  mean per-class recall  {result.mean_class_recall:6.1%}")
+    print(f"confusion matrix: {png}\nreport:           {report_path}")
+    return 0
+
+
+def add_score_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and folders (walked recursively)")
+    p.add_argument("--prompt", required=True, help="the text the images are scored against")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    add_clip_arguments(p)
+
+
+@command("score", "CLIP score of images against a prompt: 100 x max(cosine, 0)")
+def run_score(args) -> int:
+    check_batch_size(args)
+    if not args.prompt.strip():
+        raise UserError("--prompt is empty; give the text to score the images against")
+
+    from .classify.run import collect_images, score_files
+
+    files = collect_images(args.images, args.skip_bad)
+
+    from .classify.backends import load_backend
+
+    backend = load_backend(args.clip, args.checkpoint, args.device)
+    for path, score in score_files(backend, files, args.prompt, args.batch_size, args.skip_bad):
+        print(json.dumps({"path": path, "clip_score": score, "prompt": args.prompt, "clip": backend.name})
+              if args.json else f"{score:7.2f}  {path}")
+    return 0
+
+
 # ---------------------------------------------------------------- models
 @command("models", "list the model presets")
 def run_models(args) -> int:
@@ -379,7 +630,9 @@ def add_models_arguments(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- entry point
 ARGUMENTS = {"generate": add_generate_arguments, "models": add_models_arguments, "eval": add_eval_arguments,
              "grid": add_grid_arguments, "lora": add_lora_arguments,
-             "train-base": add_train_base_arguments}
+             "train-base": add_train_base_arguments, "classify": add_classify_arguments,
+             "make-dataset": add_make_dataset_arguments, "train-lora": add_train_lora_arguments,
+             "score": add_score_arguments}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -105,8 +105,10 @@ class UnCLIPPipeline:
             image_embeds, negative_embeds = self.image_embeddings(texts_cleaned, negative_prompt, prior_seeds, prior,
                                                                   progress)
 
-            # 5. U-Net denoising loop on VAE latents, guided away from the negative image embedding.
-            latents = self.denoise(image_embeds, negative_embeds, seeds, decoder, progress)  # (B, C, H/f, W/f)
+            # 5. U-Net denoising loop on VAE latents, guided away from the negative image embedding (and, for a
+            #    decoder that also reads the prompt's tokens, from the negative prompt's).
+            tokens = self.decoder_text_states(texts_cleaned, negative_prompt, num_images)
+            latents = self.denoise(image_embeds, negative_embeds, seeds, decoder, progress, tokens)  # (B, C, h, w)
 
             # 6. VAE decode -> pixels in [0, 1] -> PIL images.
             pixels = self.decode(latents)  # (B, H, W, 3)
@@ -273,11 +275,29 @@ class UnCLIPPipeline:
         return self._schedulers[stage, name]
 
     # ---------------------------------------------------------------- stage 2: image embedding -> pixels
-    def denoise(self, image_embeds, negative_embeds, seeds, settings: DecoderSettings, progress) -> torch.Tensor:
+    @property
+    def decoder_reads_text(self) -> bool:
+        """Kandinsky 2.2's U-Net sees the image embedding only; a 2.1-style one (`text_image_proj`) also the tokens."""
+        return self.unet.config.encoder_hid_dim_type == "text_image_proj"
+
+    def decoder_text_states(self, items, negative_prompt, batch):
+        """(negative, positive) token states (B, T, W) for a text-reading decoder, else None. A mix gives the
+        tokens of its first text; image variations those of the empty prompt."""
+        if not self.decoder_reads_text:
+            return None
+        text = next((item.text for item in items if item.text is not None), "")
+        _, states, _ = self.encode_text([negative_prompt, text])  # (2, T, W)
+        return states[:1].expand(batch, -1, -1), states[1:].expand(batch, -1, -1)
+
+    def denoise(self, image_embeds, negative_embeds, seeds, settings: DecoderSettings, progress,
+                text_states=None) -> torch.Tensor:
         """Latent diffusion decoder: the U-Net loop conditioned on image embeddings, one generator per image."""
         guided = settings.guidance > 1
         condition = torch.cat([negative_embeds, image_embeds]) if guided else image_embeds  # (2B, D)
         condition = condition.to(self.unet.dtype)
+        tokens = None
+        if text_states is not None:
+            tokens = torch.cat(text_states) if guided else text_states[1]  # (2B, T, W)
 
         scheduler = self._scheduler("decoder", settings.scheduler)
         scheduler.set_timesteps(settings.steps, device=self.device)
@@ -292,7 +312,7 @@ class UnCLIPPipeline:
         for i, t in enumerate(tqdm(timesteps, desc="decoder", disable=not progress, leave=False)):
             model_input = torch.cat([latents] * 2) if guided else latents  # (2B, C, h, w)
             model_input = scheduler.scale_model_input(model_input, t)
-            output = self.unet(model_input, t, encoder_hidden_states=None,
+            output = self.unet(model_input, t, encoder_hidden_states=tokens,
                                added_cond_kwargs={"image_embeds": condition}).sample  # (2B, C or 2C, h, w)
             noise, variance = output[:, :channels], output[:, channels:]
             if guided:

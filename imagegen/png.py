@@ -18,6 +18,7 @@ from .errors import UserError
 JSON_CHUNK = "imagegen"
 INFOTEXT_CHUNK = "parameters"
 NUMBER_DIGITS = 5
+PUBLISHED_MODE = 0o644
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM++ 2M", "euler": "Euler", "euler_a": "Euler a",
                  "unipc": "UniPC", "unclip": "unCLIP"}
 _NUMBERED = re.compile(r"^(\d+)-")
@@ -64,6 +65,7 @@ def publish(data: bytes, folder: str | Path, names: Iterator[str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".partial-")
     try:
+        os.chmod(tmp_name, PUBLISHED_MODE)  # mkstemp makes files only their owner can read
         with os.fdopen(fd, "wb") as tmp:
             tmp.write(data)
             tmp.flush()

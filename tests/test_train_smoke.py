@@ -22,7 +22,7 @@ def tiny_overrides(runs_dir: Path) -> dict:
         "vae": {"channels": [8, 16, 16], "norm_groups": 8, "eval_images": 8, "train": STEPS},
         "prior": {"layers": 1, "heads": 2, "head_dim": 8, "stats_images": 16, "eval_images": 8, "eval_steps": 2,
                   "train": STEPS},
-        "decoder": {"channels": [16, 32, 32], "cross_attention_dim": 32, "attention_head_dim": 8, "norm_groups": 8,
+        "decoder": {"channels": [16, 32, 32], "cross_attention_dim": 16, "attention_head_dim": 8, "norm_groups": 8,
                     "eval_images": 8, "cache_batches": 2, "train": STEPS},
         "samples": {"prompts": ["a red circle"], "prior_steps": 2, "decoder_steps": 2},
     }

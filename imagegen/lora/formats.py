@@ -180,6 +180,8 @@ def write_adapter(path, adapter: AdapterWeights, metadata: dict[str, str], overw
 
     from safetensors.torch import save
 
+    from ..png import PUBLISHED_MODE
+
     path = Path(path)
     data = save(to_peft_tensors(adapter), metadata=metadata)
     if not overwrite:
@@ -191,6 +193,7 @@ def write_adapter(path, adapter: AdapterWeights, metadata: dict[str, str], overw
         return written
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=path.suffix)
+    os.chmod(tmp, PUBLISHED_MODE)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()

@@ -43,6 +43,8 @@ class LoraManager:
     # ---------------------------------------------------------------- loading
     def load(self, name_or_path: str) -> str:
         """Load an adapter (inactive) and return its name; loading a loaded name does nothing."""
+        if name_or_path in self.loaded:
+            return name_or_path
         path = files.find(name_or_path)
         name = path.stem
         if name in self.loaded:

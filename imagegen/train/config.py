@@ -138,6 +138,7 @@ class DecoderConfig:
     ema_power: float
     eval_images: int
     cache_batches: int
+    text_conditioning: bool
     train: TrainSettings
 
 

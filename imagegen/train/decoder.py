@@ -9,6 +9,11 @@ The frozen VAE encodes images to latents (times its scaling_factor, as the pipel
 image encoder embeds them. Encoding costs a third of a step, so `cache_batches` batches are encoded once up front and
 each step draws a random batch of examples from that cache (0 = encode every batch fresh). A fraction of embeddings is replaced by the embedding of
 an all-zero image, the pipeline's unconditional input for classifier-free guidance (`zero_image_embed`).
+
+With `text_conditioning`, the U-Net also cross-attends to the caption's CLIP token states (diffusers'
+`encoder_hid_dim_type="text_image_proj"`, the Kandinsky 2.1 arrangement): the image embedding of a small CLIP carries
+colours well but shape and position weakly, and the tokens name them outright. Condition dropout then replaces the
+caption by the empty prompt too, the pipeline's unconditional input.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from ..data import shapes
 from . import loop
 from .clip import embed_images, load_frozen_clip
 from .config import TrainConfig
-from .data import ShapesBatch, heldout_batch, training_batch
+from .data import ShapesBatch, heldout_batch, tokenize, training_batch
 from .vae import encode, load_frozen_vae
 
 
@@ -33,7 +38,8 @@ def build_unet(config: TrainConfig) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=shapes.IMAGE_SIZE // 2 ** (len(config.vae.channels) - 1),
         in_channels=latent_channels, out_channels=latent_channels,  # epsilon only: no learned variance
-        addition_embed_type="image", encoder_hid_dim=config.clip.embed_dim, encoder_hid_dim_type="image_proj",
+        addition_embed_type="image", encoder_hid_dim=config.clip.embed_dim,
+        encoder_hid_dim_type="text_image_proj" if cfg.text_conditioning else "image_proj",
         cross_attention_dim=cfg.cross_attention_dim, attention_head_dim=cfg.attention_head_dim,
         block_out_channels=tuple(cfg.channels), layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_groups,
         down_block_types=tuple(cfg.down_blocks), up_block_types=tuple(cfg.up_blocks), mid_block_type=cfg.mid_block,
@@ -55,33 +61,36 @@ def zero_image_embed(image_encoder) -> torch.Tensor:
 
 
 @torch.no_grad()
-def conditioning(config: TrainConfig, batch: ShapesBatch, vae, image_encoder):
-    """Scaled VAE latents (B, 4, 16, 16) and image embeddings (B, D) of a batch, from the frozen models."""
+def conditioning(config: TrainConfig, batch: ShapesBatch, vae, image_encoder, tokenizer):
+    """Scaled VAE latents (B, 4, 16, 16), image embeddings (B, D) and caption token ids (B, T) of a batch."""
     latents = encode(vae, batch.pixels(), config.vae.latents) * vae.config.scaling_factor
     image_embeds = embed_images(config, image_encoder, batch.images, len(batch.images))
-    return latents, image_embeds
+    token_ids, _ = tokenize(tokenizer, batch.captions)
+    return latents, image_embeds, token_ids
 
 
-def encode_cache(config: TrainConfig, vae, image_encoder):
-    """Latents and image embeddings of the first `cache_batches` training batches, or (None, None)."""
+@torch.no_grad()
+def text_states(text_encoder, token_ids):
+    """(B, T, D) token states as the pipeline feeds them (no attention mask, as Kandinsky's prior pipeline)."""
+    return text_encoder(token_ids).last_hidden_state
+
+
+def encode_cache(config: TrainConfig, vae, image_encoder, tokenizer):
+    """(latents, image embeddings, token ids) of the first `cache_batches` training batches, or None."""
     cfg = config.decoder
     if cfg.cache_batches <= 0:
-        return None, None
+        return None
     from tqdm.auto import tqdm
 
-    latents, embeds = [], []
-    for step in tqdm(range(cfg.cache_batches), desc="decoder cache", dynamic_ncols=True):
-        batch = training_batch(cfg.train.seed, step, cfg.train.batch_size)
-        batch_latents, batch_embeds = conditioning(config, batch, vae, image_encoder)
-        latents.append(batch_latents)
-        embeds.append(batch_embeds)
-    return torch.cat(latents), torch.cat(embeds)
+    parts = [conditioning(config, training_batch(cfg.train.seed, step, cfg.train.batch_size), vae, image_encoder,
+                          tokenizer) for step in tqdm(range(cfg.cache_batches), desc="decoder cache", dynamic_ncols=True)]
+    return tuple(torch.cat(column) for column in zip(*parts))
 
 
 def train_decoder(config: TrainConfig, run_dir: Path) -> dict:
     cfg = config.decoder
     stage_dir = run_dir / "decoder"
-    _, _, image_encoder = load_frozen_clip(run_dir / "clip" / "final")
+    tokenizer, text_encoder, image_encoder = load_frozen_clip(run_dir / "clip" / "final")
     vae = load_frozen_vae(run_dir / "vae" / "final")
     unet = build_unet(config)
     scheduler = build_scheduler(config)
@@ -89,23 +98,26 @@ def train_decoder(config: TrainConfig, run_dir: Path) -> dict:
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power,
                    foreach=True, model_cls=UNet2DConditionModel, model_config=unet.config)
     unconditional = zero_image_embed(image_encoder)  # (1, D)
-    cached_latents, cached_embeds = encode_cache(config, vae, image_encoder)  # (N, 4, 16, 16), (N, D) or None
+    empty_ids, _ = tokenize(tokenizer, [""])  # (1, T): the unconditional caption
+    cache = encode_cache(config, vae, image_encoder, tokenizer)  # latents, embeddings, token ids; or None
 
     def loss_fn(step: int):
-        if cached_latents is None:
+        if cache is None:
             batch = training_batch(cfg.train.seed, step, cfg.train.batch_size)
-            latents, image_embeds = conditioning(config, batch, vae, image_encoder)  # (B, 4, 16, 16), (B, D)
+            latents, image_embeds, token_ids = conditioning(config, batch, vae, image_encoder, tokenizer)
         else:  # the draw depends on (seed, step) only, so a resumed run sees the same batches
             picker = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
-            rows = torch.randint(0, len(cached_latents), (cfg.train.batch_size,), generator=picker)  # (B,)
-            latents, image_embeds = cached_latents[rows], cached_embeds[rows]
+            rows = torch.randint(0, len(cache[0]), (cfg.train.batch_size,), generator=picker)  # (B,)
+            latents, image_embeds, token_ids = (part[rows] for part in cache)  # (B, 4, 16, 16), (B, D), (B, T)
         dropped = torch.rand(len(latents), 1) < cfg.condition_dropout  # (B, 1)
         image_embeds = torch.where(dropped, unconditional, image_embeds)  # (B, D)
+        token_ids = torch.where(dropped, empty_ids, token_ids)  # (B, T)
+        states = text_states(text_encoder, token_ids) if cfg.text_conditioning else None  # (B, T, D)
         noise = torch.randn_like(latents)  # (B, 4, 16, 16)
         timesteps = torch.randint(0, cfg.num_train_timesteps, (len(latents),))  # (B,)
         noisy = scheduler.add_noise(latents, noise, timesteps)  # (B, 4, 16, 16)
         with loop.autocast(cfg.train.bf16):
-            predicted = unet(noisy, timesteps, encoder_hidden_states=None,
+            predicted = unet(noisy, timesteps, encoder_hidden_states=states,
                              added_cond_kwargs={"image_embeds": image_embeds}).sample  # (B, 4, 16, 16)
         per_example = F.mse_loss(predicted.float(), noise, reduction="none").mean(dim=(1, 2, 3))  # (B,)
         if cfg.min_snr_gamma > 0:
@@ -118,7 +130,7 @@ def train_decoder(config: TrainConfig, run_dir: Path) -> dict:
         return loss, {"mse": per_example.mean().item()}
 
     metrics = loop.train("decoder", stage_dir, unet, loss_fn, cfg.train, config.run, ema=ema)
-    metrics.update(evaluate(config, unet, ema, scheduler, vae, image_encoder, unconditional))
+    metrics.update(evaluate(config, unet, ema, scheduler, vae, image_encoder, unconditional, tokenizer, text_encoder))
     ema.copy_to(unet.parameters())  # the EMA weights are the model
     final = stage_dir / "final"
     loop.save_model(unet, final / "unet", config.run.other_dtype)
@@ -127,30 +139,36 @@ def train_decoder(config: TrainConfig, run_dir: Path) -> dict:
 
 
 @torch.no_grad()
-def evaluate(config: TrainConfig, unet, ema: EMAModel, scheduler, vae, image_encoder, unconditional) -> dict:
+def evaluate(config: TrainConfig, unet, ema: EMAModel, scheduler, vae, image_encoder, unconditional, tokenizer,
+             text_encoder) -> dict:
     """Held-out noise-prediction MSE at evenly spread timesteps with fixed noise, for the raw and the EMA weights, and
     for the EMA weights without the condition (the gap is how much the image embedding tells the U-Net)."""
     cfg = config.decoder
     batch = heldout_batch(config.data.heldout_seed, cfg.eval_images)
-    latents, image_embeds = conditioning(config, batch, vae, image_encoder)  # (N, 4, 16, 16), (N, D)
+    latents, image_embeds, token_ids = conditioning(config, batch, vae, image_encoder, tokenizer)
+    use_text = cfg.text_conditioning
+    states = text_states(text_encoder, token_ids) if use_text else None  # (N, T, D)
+    empty_ids, _ = tokenize(tokenizer, [""])
+    empty_states = text_states(text_encoder, empty_ids).expand(len(latents), -1, -1) if use_text else None
     generator = torch.Generator().manual_seed(config.data.heldout_seed)
     noise = torch.randn(latents.shape, generator=generator)  # (N, 4, 16, 16)
     timesteps = torch.linspace(0, cfg.num_train_timesteps - 1, len(latents)).long()  # (N,)
     noisy = scheduler.add_noise(latents, noise, timesteps)
 
-    def mse(condition: torch.Tensor) -> float:
+    def mse(condition: torch.Tensor, token_states) -> float:
         errors = []
         for i in range(0, len(latents), cfg.train.batch_size):
             part = slice(i, i + cfg.train.batch_size)
-            predicted = unet(noisy[part], timesteps[part], encoder_hidden_states=None,
+            predicted = unet(noisy[part], timesteps[part],
+                             encoder_hidden_states=None if token_states is None else token_states[part],
                              added_cond_kwargs={"image_embeds": condition[part]}).sample
             errors.append(F.mse_loss(predicted, noise[part], reduction="none").mean(dim=(1, 2, 3)))
         return round(torch.cat(errors).mean().item(), 5)
 
-    results = {"eval_images": cfg.eval_images, "eval_mse_raw": mse(image_embeds)}
+    results = {"eval_images": cfg.eval_images, "eval_mse_raw": mse(image_embeds, states)}
     ema.store(unet.parameters())
     ema.copy_to(unet.parameters())
-    results["eval_mse_ema"] = mse(image_embeds)
-    results["eval_mse_ema_unconditional"] = mse(unconditional.expand_as(image_embeds))
+    results["eval_mse_ema"] = mse(image_embeds, states)
+    results["eval_mse_ema_unconditional"] = mse(unconditional.expand_as(image_embeds), empty_states)
     ema.restore(unet.parameters())
     return results
