@@ -57,6 +57,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                         "--lora heart:unet=1:prior=0.5:te=0 (repeatable); prompts may also say <lora:NAME:WEIGHT>")
     p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line, all generated in one process")
     p.add_argument("--from-png", metavar="FILE", help="generate again the image a PNG of imagegen's records")
+    p.add_argument("--rerank", type=int, default=1, metavar="N",
+                   help="make N candidates per image and keep the one closest to the prompt in CLIP space")
     add_model_arguments(p)
     p.add_argument("--out", default="outputs", metavar="FOLDER", help="output folder (default outputs/)")
     p.add_argument("--json", action="store_true", help="print one JSON object per written image on stdout")
@@ -127,6 +129,8 @@ def generation_jobs(args) -> list[dict]:
     check_seed("--prior-seed", args.prior_seed)
     if args.num_images < 1:
         raise UserError(f"-n must be a whole number >= 1, got {args.num_images}")
+    if args.rerank < 1:
+        raise UserError(f"--rerank must be a whole number >= 1, got {args.rerank}")
     from .lora.requests import parse_spec
 
     loras = [parse_spec(spec) for spec in args.lora or []]
@@ -175,7 +179,8 @@ def run_generate(args) -> int:
 
     jobs = generation_jobs(args)
     check_writable_folder(args.out)
-    model = args.model or jobs[0].pop("model", None) or DEFAULT_PRESET
+    recorded_model = jobs[0].pop("model", None)  # --from-png: the model that made the PNG
+    model = args.model or recorded_model or DEFAULT_PRESET
     keep_index = jobs[0].pop("keep_index", None)
     device, dtype = args.device, args.dtype
     if "runtime" in jobs[0]:
@@ -186,7 +191,12 @@ def run_generate(args) -> int:
 
     pipe = load_pipeline(model, device=device, dtype=dtype, attention=args.attention)
     for job in jobs:
-        result = pipe(**job)
+        if keep_index is None:
+            from . import rerank
+
+            result = rerank.generate(pipe, rerank=args.rerank, **job)
+        else:  # --from-png: the recorded batch (all rerank candidates included), keeping the recorded image
+            result = pipe(**job)
         images, records = result.images, result.records
         if keep_index is not None:
             images, records = [images[keep_index]], [records[keep_index]]
@@ -205,6 +215,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, help="decoder guidance (default: the model's)")
     p.add_argument("--prior-steps", type=int)
     p.add_argument("--prior-guidance", type=float)
+    p.add_argument("--rerank", type=int, default=1, metavar="N", help="keep the best of N candidates by CLIP score")
     add_model_arguments(p)
     p.add_argument("--out", default="outputs/eval", metavar="FOLDER", help="where adherence.json and the grid go")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -217,7 +228,7 @@ def run_eval(args) -> int:
     from .png import check_writable_folder
     from .settings import check_seed
 
-    for name in ("prompts", "seeds"):
+    for name in ("prompts", "seeds", "rerank"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be a whole number >= 1, got {getattr(args, name)}")
     check_seed("--seed", args.seed)
@@ -231,9 +242,9 @@ def run_eval(args) -> int:
     prior = replace(prior, **_given(steps=args.prior_steps, guidance=args.prior_guidance))
     decoder = replace(decoder, **_given(steps=args.steps, guidance=args.guidance))
     prompts = grammar_prompts(args.prompts, args.seed)
-    report, images = evaluate(pipe, prompts, args.seeds, args.seed, prior=prior, decoder=decoder)
+    report, images = evaluate(pipe, prompts, args.seeds, args.seed, prior=prior, decoder=decoder, rerank=args.rerank)
     report.settings = {"model": pipe.model.name, "prompts": args.prompts, "seeds_per_prompt": args.seeds,
-                       "seed": args.seed, "prior": vars_of(prior), "decoder": vars_of(decoder)}
+                       "seed": args.seed, "rerank": args.rerank, "prior": vars_of(prior), "decoder": vars_of(decoder)}
     json_path, grid_path = write_report(args.out, report, images)
     if args.json:
         print(json.dumps({**report.summary(), "report": str(json_path), "grid": str(grid_path)}))

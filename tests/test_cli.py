@@ -171,3 +171,33 @@ def test_models_lists_presets(capsys):
     code, stdout, _ = run(capsys, "models", "--json")
     names = {json.loads(line)["name"] for line in stdout.splitlines()}
     assert code == 0 and {"shapes", "kandinsky-2-2"} <= names
+
+
+def test_rerank_keeps_the_best_candidate_by_clip_score(tiny_model_dir, tmp_path, capsys, tiny_pipe):
+    from imagegen.classify.run import best_by_clip_score
+
+    code, stdout, err = run(capsys, "a red circle", "-n", "2", "--rerank", "3", "--seed", "5", "--json", "--model",
+                            tiny_model_dir, "--out", tmp_path / "out", *FAST)
+    assert code == 0, err
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert len(records) == 2
+    for i, record in enumerate(records):
+        rerank = record["rerank"]
+        assert rerank["candidates"] == 3 and rerank["candidate_seeds"] == [5 + 3 * i + j for j in range(3)]
+        assert rerank["chosen"] == max(range(3), key=rerank["clip_scores"].__getitem__)
+        assert record["seed"] == rerank["candidate_seeds"][rerank["chosen"]]
+        assert "CLIP score" in Image.open(record["path"]).text["parameters"]
+    # The chosen image is made again bit-exactly, and a direct check of the scores agrees.
+    code, again, _ = run(capsys, "--from-png", records[1]["path"], "--out", tmp_path / "out", "--json")
+    assert code == 0
+    assert np.array_equal(np.asarray(Image.open(json.loads(again)["path"])), np.asarray(Image.open(records[1]["path"])))
+    # The recorded score is CLIPScore = 100 * max(cos, 0) in the pipeline's own CLIP space, checked by hand here.
+    import torch
+
+    saved = Image.open(records[0]["path"]).convert("RGB")
+    with torch.no_grad():
+        text = tiny_pipe.encode_text(["a red circle"])[0][0]
+        picture = tiny_pipe.embed_image(saved)[0]
+    by_hand = 100 * max(torch.nn.functional.cosine_similarity(text, picture, dim=0).item(), 0.0)
+    assert abs(by_hand - records[0]["rerank"]["clip_scores"][records[0]["rerank"]["chosen"]]) < 1e-3
+    assert best_by_clip_score(tiny_pipe, "a red circle", [saved])[1][0] == pytest.approx(by_hand, abs=1e-3)

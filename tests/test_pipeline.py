@@ -173,3 +173,24 @@ def test_half_precision_vae_nan_is_decoded_again_in_float32(tiny_model_dir, capl
     assert calls == [torch.bfloat16, torch.float32]
     assert np.isfinite(pixels).all() and "decoded again in float32" in caplog.text
     assert pipe.vae.dtype == torch.bfloat16  # restored for the next image
+
+
+def test_text_reading_decoder_gets_the_prompt_tokens(tmp_path, fast_settings):
+    """A Kandinsky-2.1-style U-Net (text_image_proj) cross-attends to the prompt's tokens; the unconditional half to
+    the negative prompt's."""
+    import imagegen
+    from imagegen.build.tiny import save_tiny_model
+
+    pipe = imagegen.load_pipeline(str(save_tiny_model(tmp_path / "t", reads_text=True)))
+    prior, decoder = fast_settings
+    assert pipe.decoder_reads_text
+    embeds = pipe.zero_image_embed().repeat(1, 1) + 0.1
+    seeds = [3]
+    red = pipe.denoise(embeds, embeds * 0, seeds, decoder, False, pipe.decoder_text_states([MixItem(text="a red circle")], "", 1))
+    blue = pipe.denoise(embeds, embeds * 0, seeds, decoder, False, pipe.decoder_text_states([MixItem(text="a blue star")], "", 1))
+    assert (red - blue).abs().max() > 1e-4  # same image embedding, different tokens
+    negative, positive = pipe.decoder_text_states([MixItem(text="a red circle")], "dark", 2)
+    expected = pipe.encode_text(["dark", "a red circle"])[1]
+    assert torch.equal(negative[1], expected[0]) and torch.equal(positive[0], expected[1])
+    result = pipe(PROMPT, seed=1, prior=prior, decoder=decoder, progress=False)
+    assert np.isfinite(result.pixels).all()

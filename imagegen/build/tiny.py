@@ -46,7 +46,8 @@ def tiny_prior_components(seed: int = 0) -> dict:
                 scheduler=scheduler, image_processor=image_processor)
 
 
-def tiny_decoder_components(seed: int = 0, vae: str = "vq", learned_variance: bool = True) -> dict:
+def tiny_decoder_components(seed: int = 0, vae: str = "vq", learned_variance: bool = True,
+                            reads_text: bool = False) -> dict:
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, VQModel
 
@@ -54,7 +55,8 @@ def tiny_decoder_components(seed: int = 0, vae: str = "vq", learned_variance: bo
     latent_channels = 4
     unet = UNet2DConditionModel(
         in_channels=latent_channels, out_channels=latent_channels * (2 if learned_variance else 1),
-        addition_embed_type="image", encoder_hid_dim=EMBED_DIM, encoder_hid_dim_type="image_proj",
+        addition_embed_type="image", encoder_hid_dim=EMBED_DIM,
+        encoder_hid_dim_type="text_image_proj" if reads_text else "image_proj",  # 2.1-style: tokens + image
         cross_attention_dim=EMBED_DIM, attention_head_dim=4, block_out_channels=(16, 32), layers_per_block=1,
         norm_num_groups=8, down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
         up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
@@ -76,11 +78,13 @@ def tiny_decoder_components(seed: int = 0, vae: str = "vq", learned_variance: bo
     return dict(unet=unet, scheduler=scheduler, movq=movq)
 
 
-def save_tiny_model(folder: str | Path, seed: int = 0, vae: str = "vq", learned_variance: bool = True) -> Path:
+def save_tiny_model(folder: str | Path, seed: int = 0, vae: str = "vq", learned_variance: bool = True,
+                    reads_text: bool = False) -> Path:
     """Write `folder/prior` and `folder/decoder` with diffusers' own Kandinsky 2.2 pipelines' save_pretrained."""
     from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
 
     folder = Path(folder)
     KandinskyV22PriorPipeline(**tiny_prior_components(seed)).save_pretrained(folder / "prior")
-    KandinskyV22Pipeline(**tiny_decoder_components(seed, vae, learned_variance)).save_pretrained(folder / "decoder")
+    decoder = tiny_decoder_components(seed, vae, learned_variance, reads_text)
+    KandinskyV22Pipeline(**decoder).save_pretrained(folder / "decoder")
     return folder

@@ -59,7 +59,7 @@ class AdherenceReport:
 
 
 def evaluate(pipe, prompts: list[tuple[str, dict]], seeds_per_prompt: int, base_seed: int, prior=None, decoder=None,
-             progress: bool = True) -> tuple[AdherenceReport, list]:
+             rerank: int = 1, progress: bool = True) -> tuple[AdherenceReport, list]:
     """Generate every prompt with `seeds_per_prompt` seeds and score each image; returns the report and images."""
     from tqdm.auto import tqdm
 
@@ -70,7 +70,13 @@ def evaluate(pipe, prompts: list[tuple[str, dict]], seeds_per_prompt: int, base_
     all_hits = 0
     for index, (prompt, stated) in enumerate(tqdm(prompts, desc="eval", disable=not progress)):
         seed = base_seed + index * seeds_per_prompt
-        result = pipe(prompt, num_images=seeds_per_prompt, seed=seed, prior=prior, decoder=decoder, progress=False)
+        kwargs = dict(num_images=seeds_per_prompt, seed=seed, prior=prior, decoder=decoder, progress=False)
+        if rerank > 1:
+            from ..rerank import generate
+
+            result = generate(pipe, prompt=prompt, rerank=rerank, **kwargs)
+        else:
+            result = pipe(prompt, **kwargs)
         for image, record in zip(result.images, result.records):
             reading = oracle.read_image(image)
             correct = oracle.score(reading, stated)
