@@ -65,3 +65,18 @@ def test_a_wrong_shape_is_caught_and_marked_red():
 
     grid = failure_grid(images, report.examples)
     assert grid.getpixel((0, 0)) == FAIL_COLOUR
+
+
+def test_labelled_folders_hold_each_render_under_its_class(tmp_path):
+    from imagegen.evaluation import oracle
+    from imagegen.evaluation.labelled import write_labelled_folders
+
+    folder = write_labelled_folders(tmp_path / "by-position", 30, seed=9, attribute="position")
+    files = sorted(folder.rglob("*.png"))
+    assert len(files) == 30
+    for path in files:
+        assert oracle.read_image(Image.open(path)).position == path.parent.name.replace("_", " ")
+    import pytest
+
+    with pytest.raises(ValueError, match="not empty"):
+        write_labelled_folders(folder, 5, seed=9, attribute="position")
