@@ -110,23 +110,29 @@ def load_components(folder: Path, required: tuple[str, ...], dtype: str, device:
 FINGERPRINT_SAMPLE_BYTES = 1 << 16  # read at both ends of every weight file's tensor data
 
 
-def fingerprint(folders) -> str:
-    """A short identity of a model's weights: every safetensors file's header and the first and last 64 KiB of
-    its tensor data. Cheap for multi-GB checkpoints, and any retraining changes it."""
-    import hashlib
+def sample_weights_file(path: Path, digest) -> None:
+    """Feed a safetensors file's identity to a hash: its header, the first and last 64 KiB of tensor data, its size.
+    Cheap for multi-GB checkpoints, and any retraining changes it."""
     import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        (header_length,) = struct.unpack("<Q", f.read(8))
+        digest.update(f.read(header_length))
+        digest.update(f.read(FINGERPRINT_SAMPLE_BYTES))
+        f.seek(max(8 + header_length, size - FINGERPRINT_SAMPLE_BYTES))
+        digest.update(f.read())
+    digest.update(str(size).encode())
+
+
+def fingerprint(folders) -> str:
+    """A short identity of a model's weights: every safetensors file of its folders, sampled."""
+    import hashlib
 
     digest = hashlib.sha256()
     for folder in folders:
         for path in sorted(Path(folder).rglob("*.safetensors")):
-            size = path.stat().st_size
-            with open(path, "rb") as f:
-                (header_length,) = struct.unpack("<Q", f.read(8))
-                digest.update(f.read(header_length))
-                digest.update(f.read(FINGERPRINT_SAMPLE_BYTES))
-                f.seek(max(8 + header_length, size - FINGERPRINT_SAMPLE_BYTES))
-                digest.update(f.read())
-            digest.update(str(size).encode())
+            sample_weights_file(path, digest)
     return digest.hexdigest()[:16]
 
 

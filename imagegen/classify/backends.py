@@ -276,21 +276,11 @@ def load_checkpoint(model, path: str, arch: str) -> None:
 
 
 def file_fingerprint(path: Path) -> str:
-    """A safetensors file's identity, sampled as `imagegen.loading.fingerprint` samples model folders: the
-    header, the first and last 64 KiB of tensor data, and the size."""
-    import struct
-
-    from ..loading import FINGERPRINT_SAMPLE_BYTES
+    """A safetensors file's identity, sampled as `imagegen.loading.fingerprint` samples model folders."""
+    from ..loading import sample_weights_file
 
     digest = hashlib.sha256()
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        (header_length,) = struct.unpack("<Q", f.read(8))
-        digest.update(f.read(header_length))
-        digest.update(f.read(FINGERPRINT_SAMPLE_BYTES))
-        f.seek(max(8 + header_length, size - FINGERPRINT_SAMPLE_BYTES))
-        digest.update(f.read())
-    digest.update(str(size).encode())
+    sample_weights_file(path, digest)
     return digest.hexdigest()[:16]
 
 
