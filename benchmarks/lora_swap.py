@@ -86,11 +86,13 @@ def main() -> int:
     side = pipe.model.decoder_defaults.height // pipe.vae_scale_factor
     sample = torch.randn(2, pipe.unet.config.in_channels, side, side)
     embeds = torch.randn(2, pipe.prior.config.embedding_dim)
+    with torch.no_grad():  # a decoder that reads the prompt's tokens gets them too
+        tokens = pipe.encode_text(["", "a red circle"])[1] if pipe.decoder_reads_text else None
 
     def decoder_steps():
         with torch.inference_mode():
             for t in range(args.steps):
-                pipe.unet(sample, t, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": embeds})
+                pipe.unet(sample, t, encoder_hidden_states=tokens, added_cond_kwargs={"image_embeds": embeds})
 
     decoder_steps()
     unfused_s = median_time(decoder_steps, args.repeats) / args.steps
