@@ -153,6 +153,10 @@ class UnCLIPPipeline:
             self._loras = LoraManager(self)
         return self._loras
 
+    def active_lora_records(self) -> list[dict]:
+        """Name, weights, A1111 hash and file of each active adapter (none loaded: no manager is made)."""
+        return self._loras.records() if self._loras is not None else []
+
     def load_lora(self, name_or_path: str, weight: float | dict = 1.0) -> str:
         """Load an adapter and add it to the active set with `weight` (a number, or {component: number})."""
         name = self.loras.load(name_or_path)

@@ -80,8 +80,9 @@ class GenerationResult:
             "batch_prior_seed": prior_seeds[0],
             "version": __version__,
         }
-        if pipe._loras is not None and pipe.loras.active:
-            shared["loras"] = [{**r, "path": str(pipe.loras.loaded[r["name"]].path)} for r in pipe.loras.records()]
+        loras = pipe.active_lora_records()
+        if loras:
+            shared["loras"] = loras
             shared["extra_infotext"] = {
                 "Lora hashes": ", ".join(f"{r['name']}: {r['hash']}" for r in shared["loras"]),
                 "Loras": ", ".join(f"{r['name']}:" + ":".join(f"{k}={v:g}" for k, v in r["weights"].items())

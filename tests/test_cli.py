@@ -154,7 +154,6 @@ def test_help_and_models_do_not_import_torch():
     probe = ("import sys, contextlib, io\n"
              "from imagegen.cli import main\n"
              "with contextlib.redirect_stdout(io.StringIO()):\n"
-             "    main(['--help']) if False else None\n"
              "    try: main(['--help'])\n"
              "    except SystemExit: pass\n"
              "    main(['models'])\n"

@@ -216,4 +216,5 @@ class LoraManager:
 
     # ---------------------------------------------------------------- what generations record
     def records(self) -> list[dict]:
-        return [{"name": n, "weights": w, "hash": self.loaded[n].hash} for n, w in self.active.items()]
+        return [{"name": n, "weights": w, "hash": self.loaded[n].hash, "path": str(self.loaded[n].path)}
+                for n, w in self.active.items()]
