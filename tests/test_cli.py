@@ -130,6 +130,19 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_model_dir, tmp_pat
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--kind", "hexagon"], "unknown --kind 'hexagon'; expected one of base, heart, outline"),
+    (["--prompts", "0"], "--prompts must be a whole number >= 1, got 0"),
+    (["--lora", ":0.5"], "LoRA spec ':0.5' has no adapter name"),
+])
+def test_eval_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "eval"
+    code, stdout, err = run(capsys, "eval", "--out", out, *args)
+    assert code == 2 and stdout == ""
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not out.exists()
+
+
 def test_bad_files_are_one_line_errors(tiny_model_dir, tmp_path, capsys):
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)

@@ -20,8 +20,10 @@ class RenderingPipe:
 
     def __init__(self, wrong_shape=False):
         self.wrong_shape = wrong_shape
+        self.calls = []
 
-    def __call__(self, prompt, num_images, seed, **_):
+    def __call__(self, prompt, num_images, seed, **call):
+        self.calls.append(call)
         stated = shapes.parse_prompt(prompt)
         if self.wrong_shape:
             stated["shape"] = shapes.SHAPES[(shapes.SHAPES.index(stated["shape"]) + 1) % len(shapes.SHAPES)]
@@ -65,6 +67,34 @@ def test_a_wrong_shape_is_caught_and_marked_red():
 
     grid = failure_grid(images, report.examples)
     assert grid.getpixel((0, 0)) == FAIL_COLOUR
+
+
+def test_heart_and_outline_prompts_are_scored_on_the_new_concept():
+    from imagegen.commands.measure import PROMPT_KINDS
+
+    hearts = grammar_prompts(20, seed=2, **PROMPT_KINDS["heart"])
+    outlines = grammar_prompts(20, seed=2, **PROMPT_KINDS["outline"])
+    assert all(stated["shape"] == "heart" and " heart" in prompt for prompt, stated in hearts)
+    assert all(stated["style"] == "outline" and "outlined" in prompt for prompt, stated in outlines)
+    report, _ = evaluate(RenderingPipe(), outlines, seeds_per_prompt=1, base_seed=0, progress=False)
+    assert report.accuracy["style"] == 1.0 and report.accuracy["shape"] >= 0.95
+    # A filled rendering of the same prompts fails the outline style: the style check can fail.
+    filled = [(prompt.replace("outlined ", ""), {k: v for k, v in stated.items() if k != "style"})
+              for prompt, stated in outlines]
+    drawn_filled, _ = evaluate(RenderingPipe(), filled, seeds_per_prompt=1, base_seed=0, progress=False)
+    assert drawn_filled.all_correct == 1.0
+    pipe = RenderingPipe()
+    report, images = evaluate(pipe, [(p, {**s, "style": "outline"}) for p, s in filled], seeds_per_prompt=1,
+                              base_seed=0, progress=False)
+    assert report.accuracy["style"] == 0.0
+
+
+def test_adapters_asked_for_reach_every_generation():
+    from imagegen.lora.requests import parse_spec
+
+    pipe, loras = RenderingPipe(), [parse_spec("heart:0.8")]
+    evaluate(pipe, grammar_prompts(3, seed=0), seeds_per_prompt=1, base_seed=0, loras=loras, progress=False)
+    assert len(pipe.calls) == 3 and all(call["loras"] == loras for call in pipe.calls)
 
 
 def test_labelled_folders_hold_each_render_under_its_class(tmp_path):

@@ -18,12 +18,12 @@ def tiny_overrides(runs_dir: Path) -> dict:
         "run": {"runs_dir": str(runs_dir), "name": "tiny"},
         "clip": {"vocabulary": "bytes", "embed_dim": 16, "text_layers": 1, "text_heads": 2, "text_mlp": 32,
                  "vision_hidden": 32, "vision_layers": 1, "vision_heads": 2, "vision_mlp": 64, "eval_images": 8,
-                 "train": STEPS},
+                 "init_from": "", "train_image_encoder": True, "train": STEPS},
         "vae": {"channels": [8, 16, 16], "norm_groups": 8, "eval_images": 8, "train": STEPS},
         "prior": {"layers": 1, "heads": 2, "head_dim": 8, "stats_images": 16, "eval_images": 8, "eval_steps": 2,
                   "train": STEPS},
         "decoder": {"channels": [16, 32, 32], "cross_attention_dim": 16, "attention_head_dim": 8, "norm_groups": 8,
-                    "eval_images": 8, "cache_batches": 2, "train": STEPS},
+                    "eval_images": 8, "cache_batches": 2, "init_from": "", "train": STEPS},
         "samples": {"prompts": ["a red circle"], "prior_steps": 2, "decoder_steps": 2},
     }
 
@@ -58,6 +58,39 @@ def test_train_base_writes_a_loadable_model_and_resume_skips_finished_stages(tmp
     again = train_base(CONFIG, out, resume=True, overrides=overrides)
     assert again["ran"] == [] and again["skipped"] == list(STAGES)
     assert (tmp_path / "runs" / "tiny" / "train.log").read_text().count("finished earlier, skipped") == len(STAGES)
+
+
+def test_a_run_can_continue_finished_stages_with_the_image_tower_frozen(tmp_path):
+    """init_from: CLIP and decoder start from an earlier run's weights; a frozen image tower comes out unchanged while
+    the text tower learns (its heads read the stated attributes)."""
+    from safetensors.torch import load_file
+
+    from imagegen.train.run import train_base
+
+    runs = tmp_path / "runs"
+    overrides = tiny_overrides(runs)
+    train_base(CONFIG, tmp_path / "first", overrides=overrides)
+    earlier = runs / "tiny"
+    continued = {**overrides, "run": {"runs_dir": str(runs), "name": "continued"},
+                 "clip": {**overrides["clip"], "init_from": str(earlier / "clip" / "final"),
+                          "train_image_encoder": False},
+                 "decoder": {**overrides["decoder"], "init_from": str(earlier / "decoder" / "final")}}
+    result = train_base(CONFIG, tmp_path / "second", overrides=continued)
+    assert result["ran"] == list(STAGES) and result["metrics"]["clip"]["steps"] == STEPS["max_steps"]
+    assert set(result["metrics"]["clip"]["text_token_state_cosine"]) == {"shape", "colour", "position", "size"}
+
+    def weights(run, part):
+        return load_file(runs / run / "clip" / "final" / part / "model.safetensors")
+
+    before, after = weights("tiny", "image_encoder"), weights("continued", "image_encoder")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    before, after = weights("tiny", "text_encoder"), weights("continued", "text_encoder")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    missing = {**continued, "run": {"runs_dir": str(runs), "name": "missing"},
+               "clip": {**continued["clip"], "init_from": str(tmp_path / "nowhere")}}
+    with pytest.raises(UserError, match="clip.init_from .*nowhere.* is not a finished CLIP stage"):
+        train_base(CONFIG, tmp_path / "third", overrides=missing)
 
 
 def test_a_stopped_stage_resumes_from_its_checkpoint(tmp_path):

@@ -9,6 +9,13 @@ from ..presets import DEFAULT_PRESET
 from .generate import add_model_arguments, given
 from .registry import command
 
+# --kind -> the grammar_prompts arguments: which shapes and which drawing style the prompts ask for.
+PROMPT_KINDS = {
+    "base": {},
+    "heart": {"shape_names": ("heart",)},
+    "outline": {"style": "outline"},
+}
+
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", type=int, default=100, help="prompts drawn from the shapes grammar (default 100)")
@@ -19,6 +26,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior-steps", type=int)
     p.add_argument("--prior-guidance", type=float)
     p.add_argument("--rerank", type=int, default=1, metavar="N", help="keep the best of N candidates by CLIP score")
+    p.add_argument("--kind", default="base", metavar="KIND",
+                   help=f"which prompts: {', '.join(PROMPT_KINDS)} (default base: the base model's grammar; heart and "
+                        "outline: the concepts of the example adapters)")
+    p.add_argument("--lora", action="append", metavar="NAME[:WEIGHT]",
+                   help="LoRA adapter to apply to every generation (repeatable), as in generation")
     add_model_arguments(p)
     p.add_argument("--out", default="outputs/eval", metavar="FOLDER", help="where adherence.json and the grid go")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -35,7 +47,12 @@ def run_eval(args) -> int:
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be a whole number >= 1, got {getattr(args, name)}")
     check_seed("--seed", args.seed)
+    if args.kind not in PROMPT_KINDS:
+        raise UserError(f"unknown --kind {args.kind!r}; expected one of {', '.join(PROMPT_KINDS)}")
     check_writable_folder(args.out)
+    from ..lora.requests import parse_spec
+
+    loras = [parse_spec(spec) for spec in args.lora or []]
 
     from ..api import load_pipeline
     from ..evaluation.adherence import evaluate, grammar_prompts, write_report
@@ -44,10 +61,13 @@ def run_eval(args) -> int:
     prior, decoder = pipe.model.prior_defaults, pipe.model.decoder_defaults
     prior = replace(prior, **given(steps=args.prior_steps, guidance=args.prior_guidance))
     decoder = replace(decoder, **given(steps=args.steps, guidance=args.guidance))
-    prompts = grammar_prompts(args.prompts, args.seed)
-    report, images = evaluate(pipe, prompts, args.seeds, args.seed, prior=prior, decoder=decoder, rerank=args.rerank)
-    report.settings = {"model": pipe.model.name, "prompts": args.prompts, "seeds_per_prompt": args.seeds,
-                       "seed": args.seed, "rerank": args.rerank, "prior": vars_of(prior), "decoder": vars_of(decoder)}
+    prompts = grammar_prompts(args.prompts, args.seed, **PROMPT_KINDS[args.kind])
+    report, images = evaluate(pipe, prompts, args.seeds, args.seed, prior=prior, decoder=decoder, rerank=args.rerank,
+                              loras=loras)
+    report.settings = {"model": pipe.model.name, "kind": args.kind, "prompts": args.prompts,
+                       "seeds_per_prompt": args.seeds, "seed": args.seed, "rerank": args.rerank,
+                       "loras": [{"name": r.name, "weights": r.weights} for r in loras],
+                       "prior": vars_of(prior), "decoder": vars_of(decoder)}
     json_path, grid_path = write_report(args.out, report, images)
     if args.json:
         print(json.dumps({**report.summary(), "report": str(json_path), "grid": str(grid_path)}))

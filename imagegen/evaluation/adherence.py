@@ -59,8 +59,9 @@ class AdherenceReport:
 
 
 def evaluate(pipe, prompts: list[tuple[str, dict]], seeds_per_prompt: int, base_seed: int, prior=None, decoder=None,
-             rerank: int = 1, progress: bool = True) -> tuple[AdherenceReport, list]:
-    """Generate every prompt with `seeds_per_prompt` seeds and score each image; returns the report and images."""
+             rerank: int = 1, loras: list | None = None, progress: bool = True) -> tuple[AdherenceReport, list]:
+    """Generate every prompt with `seeds_per_prompt` seeds and score each image; returns the report and images.
+    `loras` (LoraRequest list) are applied to every generation; None leaves the pipeline's adapters as they are."""
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -70,7 +71,7 @@ def evaluate(pipe, prompts: list[tuple[str, dict]], seeds_per_prompt: int, base_
     all_hits = 0
     for index, (prompt, stated) in enumerate(tqdm(prompts, desc="eval", disable=not progress)):
         seed = base_seed + index * seeds_per_prompt
-        kwargs = dict(num_images=seeds_per_prompt, seed=seed, prior=prior, decoder=decoder, progress=False)
+        kwargs = dict(num_images=seeds_per_prompt, seed=seed, prior=prior, decoder=decoder, loras=loras, progress=False)
         if rerank > 1:
             from ..rerank import generate
 

@@ -83,6 +83,9 @@ class ClipConfig:
     init_temperature: float
     max_logit_scale: float
     aux_weight: float
+    text_aux_weight: float
+    init_from: str
+    train_image_encoder: bool
     full_caption_probability: float
     hard_negative_probability: float
     eval_images: int
@@ -139,6 +142,7 @@ class DecoderConfig:
     eval_images: int
     cache_batches: int
     text_conditioning: bool
+    init_from: str
     train: TrainSettings
 
 
@@ -194,6 +198,8 @@ def _shrink_for_smoke(data: dict) -> dict:
                 shrunk[stage][key] = smoke["eval_images"]
     shrunk["prior"]["eval_steps"] = smoke["eval_steps"]
     shrunk["decoder"]["cache_batches"] = min(data["decoder"]["cache_batches"], smoke["max_steps"])
+    for stage in ("clip", "decoder"):  # a smoke run checks the code from random weights, whatever a real run continues
+        shrunk[stage]["init_from"] = ""
     shrunk["samples"] = {"prior_steps": smoke["eval_steps"], "decoder_steps": smoke["eval_steps"]}
     return _merge(data, shrunk)
 

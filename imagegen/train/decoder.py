@@ -25,6 +25,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel, compute_snr
 
 from ..data import shapes
+from ..errors import UserError
 from . import loop
 from .clip import embed_images, load_frozen_clip
 from .config import TrainConfig
@@ -93,6 +94,12 @@ def train_decoder(config: TrainConfig, run_dir: Path) -> dict:
     tokenizer, text_encoder, image_encoder = load_frozen_clip(run_dir / "clip" / "final")
     vae = load_frozen_vae(run_dir / "vae" / "final")
     unet = build_unet(config)
+    if cfg.init_from:  # fine-tune a finished decoder (a folder holding unet/) instead of starting from random weights
+        if not (Path(cfg.init_from) / "unet").is_dir():
+            raise UserError(f"decoder.init_from {cfg.init_from!r} holds no unet/ folder; use \"\" to start from "
+                            "random weights")
+        trained = UNet2DConditionModel.from_pretrained(Path(cfg.init_from) / "unet", torch_dtype=torch.float32)
+        unet.load_state_dict(trained.state_dict())  # strict: the architectures must agree
     scheduler = build_scheduler(config)
     # Warm-up: decay = 1 - (1 + step)^-power, capped at ema_decay, so early EMA weights are not stuck at the init.
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power,
