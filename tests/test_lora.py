@@ -53,6 +53,7 @@ def pipe(tiny_model_dir):
 @pytest.fixture
 def lora_dir(tmp_path, monkeypatch, pipe):
     monkeypatch.setenv("IMAGEGEN_LORA_PATH", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # the repository's own lora_adapters/ (the shipped examples) stays out of these tests
     yield tmp_path
     pipe.unload_lora()
 
