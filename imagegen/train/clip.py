@@ -1,8 +1,8 @@
 """Stage 1: a CLIP text and image encoder trained from scratch with the symmetric contrastive (InfoNCE) loss and a
 learned temperature (Radford et al. 2021, "Learning Transferable Visual Models From Natural Language Supervision").
 
-Two changes to plain CLIP, because the decoder sees nothing but the image embedding, so every attribute (shape,
-colour, background, size, position) must be recoverable from it:
+Three changes to plain CLIP, because the decoder must recover every attribute (shape, colour, background, size,
+position) from the image embedding or from the caption's token states:
 
 * auxiliary linear classification heads on the (normalised) projected image embedding, one per attribute, trained
   with cross-entropy next to the contrastive loss;
