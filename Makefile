@@ -19,7 +19,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
 
-## samples: regenerate samples/shapes-grid.png from samples/prompts.txt with the default model
+## samples: regenerate samples/shapes-grid.png (default model) and samples/adapters-grid.png (example adapters)
 samples: $(STAMP)
-	rm -f samples/shapes-grid.png
+	rm -f samples/shapes-grid.png samples/adapters-grid.png
 	HF_HUB_OFFLINE=1 $(VENV)/bin/imagegen grid --prompts-file samples/prompts.txt --seeds 6 --seed 0 --out samples/shapes-grid.png
+	HF_HUB_OFFLINE=1 $(VENV)/bin/imagegen grid --prompts-file samples/adapter-prompts.txt --seeds 6 --seed 0 --out samples/adapters-grid.png

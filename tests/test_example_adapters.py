@@ -11,7 +11,7 @@ from imagegen.cli import main
 from imagegen.evaluation import oracle
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = {"heart": "heart"}  # adapter -> its trigger word (outline: not trained yet)
+EXAMPLES = {"heart": "heart", "outline": "outlined"}  # adapter -> its trigger word
 FAST = dict(num_images=2, progress=False)
 
 
@@ -48,3 +48,15 @@ def test_heart_adapter_draws_hearts_and_unloads_exactly(shapes_pipe, monkeypatch
     shapes_pipe.unload_lora("heart")
     again = shapes_pipe(prompt, seed=seed, **FAST)
     assert np.array_equal(again.pixels, base.pixels)
+
+
+def test_outline_adapter_draws_outlines_keeping_colour_and_shape(shapes_pipe, monkeypatch):
+    monkeypatch.chdir(REPO)
+    prompt, seed = "a large black outlined triangle on an orange background", 0
+    base = shapes_pipe(prompt, seed=seed, **FAST)
+    outlined = shapes_pipe(f"{prompt} <lora:outline:1>", seed=seed, **FAST)
+    for reading in readings(outlined):
+        assert (reading.style, reading.shape, reading.colour) == ("outline", "triangle", "black")
+    assert "outline" not in [r.style for r in readings(base)]
+    shapes_pipe.unload_lora("outline")
+    assert np.array_equal(shapes_pipe(prompt, seed=seed, **FAST).pixels, base.pixels)

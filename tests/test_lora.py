@@ -227,3 +227,26 @@ def test_lora_commands_list_inspect_convert(pipe, lora_dir, tiny_model_dir, tmp_
     assert (unet_output(pipe.unet) - peft_output).abs().max() <= 1e-5
     assert main(["lora", "convert", "style", str(out), "--model", str(tiny_model_dir)]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_grid_rows_use_exactly_the_adapters_their_tags_name(pipe, lora_dir, tiny_model_dir, monkeypatch):
+    """A row without tags is the base model even after a row with <lora:...> (as A1111's prompt grids)."""
+    from dataclasses import replace
+
+    from imagegen import api
+    from imagegen.grid import LABEL_WIDTH
+
+    monkeypatch.setattr(api, "load_pipeline", lambda *args, **kwargs: pipe)  # the already loaded tiny pipeline
+    monkeypatch.setattr(pipe, "model", replace(pipe.model, prior_defaults=PRIOR, decoder_defaults=DECODER))  # fast
+    write(lora_dir, "style", pipe, ("unet",), seed=3)
+    (lora_dir / "tagged.txt").write_text("a red circle <lora:style:1>\na red circle\n")
+    (lora_dir / "plain.txt").write_text("a red circle\na red circle\n")
+    sheets = {}
+    for name in ("plain", "tagged"):
+        assert main(["grid", "--prompts-file", str(lora_dir / f"{name}.txt"), "--seeds", "1", "--tile", "32",
+                     "--out", str(lora_dir / f"{name}.png")]) == 0
+        sheets[name] = np.asarray(Image.open(lora_dir / f"{name}.png"))[:, LABEL_WIDTH:]  # the images, not the labels
+    tagged, plain = sheets["tagged"], sheets["plain"]
+    half = tagged.shape[0] // 2
+    assert not np.array_equal(tagged[:half], plain[:half])  # the adapter changed the first row
+    assert np.array_equal(tagged[half:], plain[half:])  # and is off again for the second

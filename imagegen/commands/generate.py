@@ -184,7 +184,7 @@ def run_generate(args) -> int:
 
 
 def add_grid_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompts-file", required=True, metavar="FILE", help="one prompt per line: one row each")
+    p.add_argument("--prompts-file", required=True, metavar="FILE", help="one prompt per line: one row each (its <lora:NAME:W> tags apply to that row only)")
     p.add_argument("--seeds", type=int, default=4, help="columns: seeds seed..seed+N-1 (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tile", type=int, default=128, help="pixels per image in the sheet (default 128)")
@@ -209,7 +209,8 @@ def run_grid(args) -> int:
     from ..grid import prompt_grid
 
     pipe = load_pipeline(args.model or DEFAULT_PRESET, device=args.device, dtype=args.dtype, attention=args.attention)
-    rows = [(p, pipe(p, num_images=args.seeds, seed=args.seed).images) for p in prompts]
+    # Each row uses exactly the adapters its <lora:...> tags name (none: the base model), as A1111's prompt grids.
+    rows = [(p, pipe(p, num_images=args.seeds, seed=args.seed, loras=[]).images) for p in prompts]
     buffer = io.BytesIO()
     prompt_grid(rows, tile=args.tile).save(buffer, format="PNG")
     print(write_new_file(args.out, buffer.getvalue()))

@@ -106,6 +106,9 @@ def add_train_lora_arguments(p: argparse.ArgumentParser) -> None:
                    help="what gets LoRA layers: some of unet,prior,text_encoder (default unet,prior)")
     p.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
     p.add_argument("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha / rank (default: the rank)")
+    p.add_argument("--conv-rank", type=int, default=0, metavar="N",
+                   help="also put LoRA on the U-Net's ResNet convolutions at rank N, as kohya's LoCon conv_dim "
+                        "(default 0: attention only)")
     p.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
     p.add_argument("--batch-size", type=int, default=4, help="examples per step and process (default 4)")
@@ -133,6 +136,7 @@ def run_train_lora(args) -> int:
     import os
 
     options = dict(data=args.data, name=args.name, base=args.base, rank=args.rank, alpha=args.alpha,
+                   conv_rank=args.conv_rank,
                    components=tuple(c.strip() for c in args.components.split(",") if c.strip()), steps=args.steps,
                    lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
                    mixed_precision=(args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")).lower(),

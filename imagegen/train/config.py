@@ -123,6 +123,15 @@ class PriorConfig:
 
 
 @dataclass(frozen=True)
+class CaptionKeep:
+    """How often a training caption states each optional attribute (shapes.caption's p_keep)."""
+    colour: float
+    size: float
+    position: float
+    background: float
+
+
+@dataclass(frozen=True)
 class DecoderConfig:
     channels: tuple[int, ...]
     layers_per_block: int
@@ -143,6 +152,7 @@ class DecoderConfig:
     cache_batches: int
     text_conditioning: bool
     init_from: str
+    caption_keep: CaptionKeep
     train: TrainSettings
 
 

@@ -46,10 +46,12 @@ def step_rng(stage_seed: int, step: int, purpose: int = 0) -> np.random.Generato
     return np.random.default_rng([stage_seed, step, purpose])
 
 
-def training_batch(stage_seed: int, step: int, batch_size: int, fixed: dict | None = None) -> ShapesBatch:
-    """Batch `step` of the stream `stage_seed`; `fixed` forces attributes (shapes.sample_attributes)."""
+def training_batch(stage_seed: int, step: int, batch_size: int, fixed: dict | None = None,
+                   p_keep: dict | None = None) -> ShapesBatch:
+    """Batch `step` of the stream `stage_seed`; `fixed` forces attributes (shapes.sample_attributes), `p_keep` sets
+    how often captions state each optional attribute (shapes.caption)."""
     seed = int(step_rng(stage_seed, step).integers(2**63))
-    images, captions, attributes = shapes.generate(seed, batch_size, fixed=fixed)
+    images, captions, attributes = shapes.generate(seed, batch_size, fixed=fixed, p_keep=p_keep)
     return ShapesBatch(images, captions, attributes)
 
 

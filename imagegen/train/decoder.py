@@ -17,6 +17,7 @@ caption by the empty prompt too, the pipeline's unconditional input.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -76,6 +77,11 @@ def text_states(text_encoder, token_ids):
     return text_encoder(token_ids).last_hidden_state
 
 
+def decoder_batch(config: TrainConfig, step: int) -> ShapesBatch:
+    cfg = config.decoder
+    return training_batch(cfg.train.seed, step, cfg.train.batch_size, p_keep=dataclasses.asdict(cfg.caption_keep))
+
+
 def encode_cache(config: TrainConfig, vae, image_encoder, tokenizer):
     """(latents, image embeddings, token ids) of the first `cache_batches` training batches, or None."""
     cfg = config.decoder
@@ -83,8 +89,8 @@ def encode_cache(config: TrainConfig, vae, image_encoder, tokenizer):
         return None
     from tqdm.auto import tqdm
 
-    parts = [conditioning(config, training_batch(cfg.train.seed, step, cfg.train.batch_size), vae, image_encoder,
-                          tokenizer) for step in tqdm(range(cfg.cache_batches), desc="decoder cache", dynamic_ncols=True)]
+    parts = [conditioning(config, decoder_batch(config, step), vae, image_encoder, tokenizer)
+             for step in tqdm(range(cfg.cache_batches), desc="decoder cache", dynamic_ncols=True)]
     return tuple(torch.cat(column) for column in zip(*parts))
 
 
@@ -110,7 +116,7 @@ def train_decoder(config: TrainConfig, run_dir: Path) -> dict:
 
     def loss_fn(step: int):
         if cache is None:
-            batch = training_batch(cfg.train.seed, step, cfg.train.batch_size)
+            batch = decoder_batch(config, step)
             latents, image_embeds, token_ids = conditioning(config, batch, vae, image_encoder, tokenizer)
         else:  # the draw depends on (seed, step) only, so a resumed run sees the same batches
             picker = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)

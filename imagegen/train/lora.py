@@ -50,6 +50,9 @@ TARGET_MODULES = {  # attention projections (name suffixes)
     "prior": ["to_q", "to_k", "to_v", "to_out.0"],
     "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj"],
 }
+# With --conv-rank, the U-Net's ResNet convolutions too (kohya's LoCon `conv_dim`): a style that changes fine detail
+# (thin outlines) lives in the full-resolution blocks, which have no attention at all.
+CONV_TARGET_MODULES = ["conv1", "conv2"]
 CONDITION_DROPOUT = 0.1  # as the base model's prior and decoder training
 MIXED_PRECISION = ("no", "bf16")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -63,6 +66,7 @@ class LoraOptions:
     components: tuple = ("unet", "prior")
     rank: int = 4
     alpha: float | None = None  # None: the rank (scale 1)
+    conv_rank: int = 0  # > 0: also the U-Net's ResNet convolutions, at this rank and the same alpha / rank scale
     steps: int = 500  # optimizer steps
     lr: float = 1e-4
     batch_size: int = 4  # per process
@@ -99,6 +103,11 @@ class LoraOptions:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise UserError(f"--{name} must be a finite number > 0, got {value!r}")
+        if not isinstance(self.conv_rank, int) or isinstance(self.conv_rank, bool) or self.conv_rank < 0:
+            raise UserError(f"--conv-rank must be a whole number >= 0, got {self.conv_rank!r}")
+        if self.conv_rank and "unet" not in self.components:
+            raise UserError(f"--conv-rank {self.conv_rank} needs the unet component (only the U-Net has "
+                            f"convolutions), got components {','.join(self.components)}")
         check_seed("--seed", self.seed)
         if self.mixed_precision not in MIXED_PRECISION:
             raise UserError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got "
@@ -230,7 +239,7 @@ class LoraRun:
 
     def __init__(self, options: LoraOptions, examples, run_dir: Path, checkpoint: Path | None):
         from accelerate.utils import set_seed
-        from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+        from peft import inject_adapter_in_model, set_peft_model_state_dict
 
         from ..api import load_pipeline
 
@@ -247,7 +256,7 @@ class LoraRun:
         self.alpha = float(options.alpha or options.rank)
         self.description = {  # what a checkpoint must agree with to be continued
             "base": pipe.fingerprint(), "data": lora_data.fingerprint(examples), "components": list(options.components),
-            "rank": options.rank, "alpha": self.alpha, "lr": options.lr, "batch_size": options.batch_size,
+            "rank": options.rank, "alpha": self.alpha, "conv_rank": options.conv_rank, "lr": options.lr, "batch_size": options.batch_size,
             "grad_accum": options.grad_accum, "seed": options.seed, "processes": accelerator.num_processes,
             "resolution": [self.width, self.height], "mixed_precision": options.mixed_precision,
             "snr_gamma": options.snr_gamma, "weight_decay": options.weight_decay}
@@ -265,9 +274,7 @@ class LoraRun:
         set_seed(options.seed)
         self.models = {c: getattr(pipe, c) for c in options.components}
         for component, model in self.models.items():
-            config = LoraConfig(r=options.rank, lora_alpha=self.alpha, target_modules=TARGET_MODULES[component],
-                                init_lora_weights=True)
-            inject_adapter_in_model(config, model, adapter_name=outputs.ADAPTER)
+            inject_adapter_in_model(self.lora_config(component), model, adapter_name=outputs.ADAPTER)
         trainer = LoraTrainer(pipe, options.components, unconditional, options.snr_gamma)
         self.parameters = [p for p in trainer.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.parameters, lr=options.lr, weight_decay=options.weight_decay)
@@ -288,6 +295,19 @@ class LoraRun:
         self.trainer, self.optimizer, loader = accelerator.prepare(trainer, optimizer, loader)
         self.loader = accelerator.skip_first_batches(loader, self.start * options.grad_accum) if self.start else loader
         self.validation = outputs.Validation(pipe, options, self.width, self.height, run_dir)
+
+    def target_modules(self, component: str) -> list[str]:
+        convs = CONV_TARGET_MODULES if component == "unet" and self.options.conv_rank else []
+        return TARGET_MODULES[component] + convs
+
+    def lora_config(self, component: str):
+        from peft import LoraConfig
+
+        options = self.options
+        conv = {name: options.conv_rank for name in self.target_modules(component) if name in CONV_TARGET_MODULES}
+        return LoraConfig(r=options.rank, lora_alpha=self.alpha, target_modules=self.target_modules(component),
+                          rank_pattern=conv, alpha_pattern={n: r * self.alpha / options.rank for n, r in conv.items()},
+                          init_lora_weights=True)
 
     def state(self, step: int) -> dict:
         lora = {c: {k: v.detach().cpu().clone() for k, v in outputs.lora_state(m).items()}
@@ -357,10 +377,10 @@ class LoraRun:
             training = {**self.description, "steps": result.steps, "images": len(self.examples),
                         "dataset": Path(options.data).resolve().name, "effective_batch_size": self.per_step,
                         "condition_dropout": CONDITION_DROPOUT,
-                        "target_modules": {c: TARGET_MODULES[c] for c in options.components},
+                        "target_modules": {c: self.target_modules(c) for c in options.components},
                         "seconds_per_step": result.seconds_per_step and round(result.seconds_per_step, 4),
                         "final_loss": result.final_loss}
-            adapter = outputs.build_adapter(self.models, options.rank, self.alpha)
+            adapter = outputs.build_adapter(self.models, self.alpha / options.rank)
             path = outputs.write(self.pipe, adapter, target, options, training)
         self.accelerator.wait_for_everyone()
         return path

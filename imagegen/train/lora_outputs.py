@@ -17,14 +17,15 @@ def lora_state(model) -> dict:
     return get_peft_model_state_dict(model, adapter_name=ADAPTER)
 
 
-def build_adapter(models: dict, rank: int, alpha: float):
+def build_adapter(models: dict, scale: float):
+    """The trained LoRA weights; every module's alpha is its rank times `scale` (alpha / rank)."""
     from ..lora import formats
 
     components = {}
     for component, model in models.items():
         state = {k: v.detach().cpu().contiguous() for k, v in lora_state(model).items()}
-        modules = sorted({k.rsplit(".lora_", 1)[0] for k in state})
-        config = formats.lora_config({m: rank for m in modules}, {m: alpha for m in modules})
+        ranks = {k.rsplit(".lora_A", 1)[0]: v.shape[0] for k, v in state.items() if ".lora_A." in k}
+        config = formats.lora_config(ranks, {m: r * scale for m, r in ranks.items()})
         components[component] = formats.ComponentLora(state, config)
     return formats.AdapterWeights(components)
 
