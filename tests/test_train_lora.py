@@ -169,7 +169,10 @@ def test_conv_rank_also_trains_the_resnet_convolutions(data, tiny_model_dir, tmp
     assert config["r"] == 4 and config["lora_alpha"] == 2.0
     conv_module = conv_down[0][len("unet."):].rsplit(".lora_A", 1)[0]
     assert config["rank_pattern"][f"^{conv_module}$"] == 2 and config["alpha_pattern"][f"^{conv_module}$"] == 1.0
-    assert json.loads(files.describe(result.adapter).metadata["imagegen.training"])["conv_rank"] == 2
+    metadata = files.describe(result.adapter).metadata
+    assert json.loads(metadata["imagegen.training"])["conv_rank"] == 2
+    assert json.loads(metadata["imagegen.ranks"]) == {"unet": 4} and metadata["ss_network_dim"] == "4"
+    assert json.loads(metadata["ss_network_args"]) == {"conv_dim": "2", "conv_alpha": "1.0"}  # kohya's LoCon keys
     assert changes_the_output(tiny_model_dir, result.adapter, monkeypatch)
 
     pipe = imagegen.load_pipeline(str(tiny_model_dir))

@@ -184,7 +184,8 @@ def run_generate(args) -> int:
 
 
 def add_grid_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompts-file", required=True, metavar="FILE", help="one prompt per line: one row each (its <lora:NAME:W> tags apply to that row only)")
+    p.add_argument("--prompts-file", required=True, metavar="FILE",
+                   help="one prompt per line: one row each (its <lora:NAME:W> tags apply to that row only)")
     p.add_argument("--seeds", type=int, default=4, help="columns: seeds seed..seed+N-1 (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tile", type=int, default=128, help="pixels per image in the sheet (default 128)")

@@ -142,22 +142,39 @@ def to_peft_tensors(adapter: AdapterWeights) -> dict:
             for k, v in part.state_dict.items()}
 
 
+def _linear_and_conv(part: ComponentLora) -> tuple[dict, dict]:
+    """{module: (rank, alpha)} of the component's linear layers and of its convolutions (4-D LoRA weights)."""
+    alphas = module_alphas(part)
+    linear, conv = {}, {}
+    for key, tensor in part.state_dict.items():
+        if ".lora_A." in key:
+            module = key.rsplit(".lora_A", 1)[0]
+            (conv if tensor.ndim == 4 else linear)[module] = (tensor.shape[0], alphas[module])
+    return linear, conv
+
+
+def _most_common(values) -> tuple:
+    return Counter(values).most_common(1)[0][0]
+
+
 def header_metadata(adapter: AdapterWeights, *, base_model: dict, title: str, trigger_words: list[str],
                     training: dict | None = None) -> dict[str, str]:
-    """The safetensors header: imagegen's own keys, kohya's minimal `ss_*` keys and `modelspec.*`."""
-    ranks = {c: part.config["r"] for c, part in adapter.components.items()}
-    alphas = {c: part.config["lora_alpha"] for c, part in adapter.components.items()}
-    first = next(iter(adapter.components.values()))
+    """The safetensors header: imagegen's own keys, kohya's minimal `ss_*` keys and `modelspec.*`. Ranks and alphas
+    are the linear layers'; LoRA on convolutions is recorded as kohya's LoCon does (`ss_network_args` conv_dim)."""
+    layers = {c: _linear_and_conv(part) for c, part in adapter.components.items()}
+    linear = {c: _most_common((lin or conv).values()) for c, (lin, conv) in layers.items()}  # (rank, alpha)
+    convs = [rank_alpha for _, conv in layers.values() for rank_alpha in conv.values()]
+    first_rank, first_alpha = next(iter(linear.values()))
     meta = {
         "imagegen.format": "peft",
         "imagegen.base_model": json.dumps(base_model),
-        "imagegen.ranks": json.dumps(ranks),
-        "imagegen.alphas": json.dumps(alphas),
+        "imagegen.ranks": json.dumps({c: int(r) for c, (r, _) in linear.items()}),
+        "imagegen.alphas": json.dumps({c: float(a) for c, (_, a) in linear.items()}),
         "imagegen.trigger_words": json.dumps(trigger_words),
         "imagegen.training": json.dumps(training or {}),
         "ss_network_module": "networks.lora",
-        "ss_network_dim": str(first.config["r"]),
-        "ss_network_alpha": str(first.config["lora_alpha"]),
+        "ss_network_dim": str(int(first_rank)),
+        "ss_network_alpha": str(float(first_alpha)),
         "ss_base_model_version": f"imagegen:{base_model.get('name', 'unknown')}",
         "modelspec.architecture": "kandinsky-2.2/lora",
         "modelspec.title": title,
@@ -165,6 +182,9 @@ def header_metadata(adapter: AdapterWeights, *, base_model: dict, title: str, tr
         "modelspec.date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "modelspec.sai_model_spec": "1.0.0",
     }
+    if convs:
+        conv_rank, conv_alpha = _most_common(convs)
+        meta["ss_network_args"] = json.dumps({"conv_dim": str(int(conv_rank)), "conv_alpha": str(float(conv_alpha))})
     for component, part in adapter.components.items():
         meta[f"imagegen.lora_config.{component}"] = json.dumps(part.config)
         meta[f"imagegen.target_modules.{component}"] = json.dumps(part.modules)

@@ -256,8 +256,9 @@ class LoraRun:
         self.alpha = float(options.alpha or options.rank)
         self.description = {  # what a checkpoint must agree with to be continued
             "base": pipe.fingerprint(), "data": lora_data.fingerprint(examples), "components": list(options.components),
-            "rank": options.rank, "alpha": self.alpha, "conv_rank": options.conv_rank, "lr": options.lr, "batch_size": options.batch_size,
-            "grad_accum": options.grad_accum, "seed": options.seed, "processes": accelerator.num_processes,
+            "rank": options.rank, "alpha": self.alpha, "conv_rank": options.conv_rank, "lr": options.lr,
+            "batch_size": options.batch_size, "grad_accum": options.grad_accum, "seed": options.seed,
+            "processes": accelerator.num_processes,
             "resolution": [self.width, self.height], "mixed_precision": options.mixed_precision,
             "snr_gamma": options.snr_gamma, "weight_decay": options.weight_decay}
         state = rng = None
@@ -304,7 +305,7 @@ class LoraRun:
         from peft import LoraConfig
 
         options = self.options
-        conv = {name: options.conv_rank for name in self.target_modules(component) if name in CONV_TARGET_MODULES}
+        conv = dict.fromkeys(CONV_TARGET_MODULES, options.conv_rank) if component == "unet" and options.conv_rank else {}
         return LoraConfig(r=options.rank, lora_alpha=self.alpha, target_modules=self.target_modules(component),
                           rank_pattern=conv, alpha_pattern={n: r * self.alpha / options.rank for n, r in conv.items()},
                           init_lora_weights=True)
