@@ -17,6 +17,8 @@ import torch  # noqa: E402
 import imagegen  # noqa: E402
 from imagegen.data import shapes  # noqa: E402
 from imagegen.evaluation import oracle  # noqa: E402
+from imagegen.train.data import ShapesBatch  # noqa: E402
+from imagegen.train.vae import encode  # noqa: E402
 
 ATTRIBUTES = ("shape", "colour", "background", "size", "position", "style")
 
@@ -31,11 +33,12 @@ def accuracy(images: np.ndarray, attributes) -> dict[str, float]:
 
 
 @torch.no_grad()
-def reconstruct(vae, images: np.ndarray, chunk: int = 50) -> np.ndarray:
-    out = []
-    for start in range(0, len(images), chunk):
-        pixels = torch.from_numpy(images[start:start + chunk]).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, 64, 64)
-        decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample.clamp(-1, 1)  # (B, 3, 64, 64)
+def reconstruct(vae, batch: ShapesBatch, chunk: int = 50) -> np.ndarray:
+    """uint8 (N, 64, 64, 3): each image through the VAE, from its posterior mean (as the decoder stage trains on)."""
+    pixels, out = batch.pixels(), []  # (N, 3, 64, 64) in [-1, 1]
+    for start in range(0, len(pixels), chunk):
+        latents = encode(vae, pixels[start:start + chunk], "mean")  # (B, 4, 16, 16)
+        decoded = vae.decode(latents).sample.clamp(-1, 1)  # (B, 3, 64, 64)
         out.append(((decoded + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
     return np.concatenate(out)
 
@@ -49,8 +52,9 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(2)
     vae = imagegen.load_pipeline(args.model).vae  # an AutoencoderKL (the shapes model's)
-    images, _, attributes = shapes.generate(args.seed, args.images, style=args.style)
-    reconstructions = reconstruct(vae, images)
+    batch = ShapesBatch(*shapes.generate(args.seed, args.images, style=args.style))
+    images, attributes = batch.images, batch.attributes
+    reconstructions = reconstruct(vae, batch)
     truth, rebuilt = accuracy(images, attributes), accuracy(reconstructions, attributes)
     psnr = 10 * np.log10(255.0 ** 2 / np.mean((reconstructions.astype(float) - images) ** 2))
     print(f"{args.images} {args.style} renders (seed {args.seed}), oracle accuracy in %, model {args.model}")

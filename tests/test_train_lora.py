@@ -165,11 +165,11 @@ def test_conv_rank_also_trains_the_resnet_convolutions(data, tiny_model_dir, tmp
     tensors = load_file(result.adapter)
     conv_down = [k for k in tensors if k.endswith("conv1.lora_A.weight")]
     assert conv_down and all(tensors[k].shape[0] == 2 and tensors[k].ndim == 4 for k in conv_down)
-    config = json.loads(files.describe(result.adapter).metadata["imagegen.lora_config.unet"])
+    metadata = files.describe(result.adapter).metadata
+    config = json.loads(metadata["imagegen.lora_config.unet"])
     assert config["r"] == 4 and config["lora_alpha"] == 2.0
     conv_module = conv_down[0][len("unet."):].rsplit(".lora_A", 1)[0]
     assert config["rank_pattern"][f"^{conv_module}$"] == 2 and config["alpha_pattern"][f"^{conv_module}$"] == 1.0
-    metadata = files.describe(result.adapter).metadata
     assert json.loads(metadata["imagegen.training"])["conv_rank"] == 2
     assert json.loads(metadata["imagegen.ranks"]) == {"unet": 4} and metadata["ss_network_dim"] == "4"
     assert json.loads(metadata["ss_network_args"]) == {"conv_dim": "2", "conv_alpha": "1.0"}  # kohya's LoCon keys
