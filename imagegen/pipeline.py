@@ -330,16 +330,16 @@ class UnCLIPPipeline:
 
     def decode(self, latents: torch.Tensor):
         """VAE latents -> float pixels (B, H, W, 3) in [0, 1] as a numpy array."""
-        pixels = self._vae_decode(self.vae, latents)  # (B, 3, H, W) in [-1, 1]
+        pixels = self.vae_decode(self.vae, latents)  # (B, 3, H, W) in [-1, 1]
         if not torch.isfinite(pixels).all() and self.vae.dtype != torch.float32:
             log.warning("the VAE decode in %s gave NaN/inf values; decoded again in float32", self.vae.dtype)
             self.vae.to(torch.float32)
-            pixels = self._vae_decode(self.vae, latents.float())
+            pixels = self.vae_decode(self.vae, latents.float())
             self.vae.to(self.dtype)
         return (pixels * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()  # (B, H, W, 3)
 
     @staticmethod
-    def _vae_decode(vae, latents):
+    def vae_decode(vae, latents):
         if isinstance(vae, VQModel):
             # Kandinsky 2.2's U-Net works on MoVQ's unquantised, unscaled latents.
             return vae.decode(latents.to(vae.dtype), force_not_quantize=True).sample

@@ -17,7 +17,8 @@ from imagegen.lora.requests import LoraRequest, parse_spec, split_prompt
 from imagegen.settings import DecoderSettings, PriorSettings
 
 PRIOR, DECODER = PriorSettings(steps=3), DecoderSettings(steps=3, width=32, height=32)
-TARGETS = {"unet": ["to_q", "to_k", "to_v", "to_out.0"], "prior": ["to_q", "to_v"], "text_encoder": ["q_proj", "v_proj"]}
+TARGETS = {"unet": ["to_q", "to_k", "to_v", "to_out.0"], "prior": ["to_q", "to_v"], "text_encoder": ["q_proj", "v_proj"],
+           "vae": ["decoder.conv_in", "decoder.conv_out"]}
 
 
 def random_lora(model, targets, seed, rank=4, alpha=8.0):
@@ -35,7 +36,7 @@ def write(folder, name, pipe, components=("unet",), seed=0, base=None, kohya=Fal
     """An adapter file in imagegen's format (peft keys + metadata) or kohya's."""
     from safetensors.torch import save_file
 
-    models = {"unet": pipe.unet, "prior": pipe.prior, "text_encoder": pipe.text_encoder}
+    models = {"unet": pipe.unet, "prior": pipe.prior, "text_encoder": pipe.text_encoder, "vae": pipe.vae}
     tensors = {f"{c}.{k}": v for c in components for k, v in random_lora(models[c], TARGETS[c], seed).items()}
     metadata = {"imagegen.base_model": json.dumps(base)} if base else {}
     if kohya:
@@ -121,13 +122,17 @@ def test_several_adapters_per_component_weights_and_prompt_tags(pipe, lora_dir):
     write(lora_dir, "a", pipe, ("unet", "prior"), seed=1)
     write(lora_dir, "b", pipe, ("unet",), seed=2)
     both = generate(pipe, "a red circle <lora:a:unet=1:prior=0.5:te=0> <lora:b:0.3>")
-    assert pipe.loras.active == {"a": {"unet": 1.0, "prior": 0.5, "text_encoder": 0.0},
-                                 "b": {"unet": 0.3, "prior": 0.3, "text_encoder": 0.3}}
+    assert pipe.loras.active == {"a": {"unet": 1.0, "prior": 0.5, "text_encoder": 0.0, "vae": 0.0},
+                                 "b": {"unet": 0.3, "prior": 0.3, "text_encoder": 0.3, "vae": 0.3}}
     same = generate(pipe, loras=[parse_spec("a:unet=1:prior=0.5"), parse_spec("b:0.3")])
     assert np.array_equal(both, same)
     prior_off = generate(pipe, loras=[parse_spec("a:unet=1:prior=0"), parse_spec("b:0.3")])
     assert np.abs(prior_off - both).max() > 1e-4  # the prior's LoRA matters
     assert split_prompt("a <lora:x:1> red  circle") == ("a red circle", [LoraRequest("x")])
+    write(lora_dir, "redraw", pipe, ("vae",), seed=3)  # the VAE decoder: only the last stage changes
+    base = generate(pipe, loras=[])
+    assert np.abs(generate(pipe, "a red circle <lora:redraw:vae=1>") - base).max() > 1e-4
+    assert np.array_equal(generate(pipe, "a red circle <lora:redraw:vae=0>"), base)
 
 
 def test_fused_equals_unfused_and_unfusing_is_exact(pipe, lora_dir):

@@ -159,7 +159,7 @@ def test_half_precision_vae_nan_is_decoded_again_in_float32(tiny_model_dir, capl
 
     pipe = imagegen.load_pipeline(str(tiny_model_dir), dtype="bfloat16")
     latents = torch.randn(1, 4, 16, 16, dtype=torch.bfloat16)
-    real_decode = UnCLIPPipeline._vae_decode
+    real_decode = UnCLIPPipeline.vae_decode
     calls = []
 
     def nan_in_half_precision(vae, z):
@@ -167,7 +167,7 @@ def test_half_precision_vae_nan_is_decoded_again_in_float32(tiny_model_dir, capl
         out = real_decode(vae, z)
         return out * float("nan") if vae.dtype != torch.float32 else out
 
-    monkeypatch.setattr(UnCLIPPipeline, "_vae_decode", staticmethod(nan_in_half_precision))
+    monkeypatch.setattr(UnCLIPPipeline, "vae_decode", staticmethod(nan_in_half_precision))
     with caplog.at_level(logging.WARNING, logger="imagegen"):
         pixels = pipe.decode(latents)
     assert calls == [torch.bfloat16, torch.float32]

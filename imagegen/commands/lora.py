@@ -103,12 +103,16 @@ def add_train_lora_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default=DEFAULT_PRESET, metavar="MODEL",
                    help=f"base model: preset name, preset .toml or model folder (default {DEFAULT_PRESET})")
     p.add_argument("--components", default="unet,prior",
-                   help="what gets LoRA layers: some of unet,prior,text_encoder (default unet,prior)")
+                   help="what gets LoRA layers: some of unet,prior,text_encoder,vae (default unet,prior); vae = the VAE "
+                        "decoder, trained to redraw the images from their latents (for fine detail the base VAE loses)")
     p.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
     p.add_argument("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha / rank (default: the rank)")
     p.add_argument("--conv-rank", type=int, default=0, metavar="N",
                    help="also put LoRA on the U-Net's ResNet convolutions at rank N, as kohya's LoCon conv_dim "
                         "(default 0: attention only)")
+    p.add_argument("--vae-batch-size", type=int, default=8, metavar="N",
+                   help="with the vae component: examples of each batch it decodes (default 8; decoding costs more "
+                        "than a U-Net step)")
     p.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
     p.add_argument("--batch-size", type=int, default=4, help="examples per step and process (default 4)")
@@ -136,7 +140,7 @@ def run_train_lora(args) -> int:
     import os
 
     options = dict(data=args.data, name=args.name, base=args.base, rank=args.rank, alpha=args.alpha,
-                   conv_rank=args.conv_rank,
+                   conv_rank=args.conv_rank, vae_batch_size=args.vae_batch_size,
                    components=tuple(c.strip() for c in args.components.split(",") if c.strip()), steps=args.steps,
                    lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
                    mixed_precision=(args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")).lower(),

@@ -5,11 +5,11 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import files, formats
+from .requests import COMPONENTS
 
 
 def convert_to_kohya(source: Path, output: Path, model: str) -> Path:
-    """Kohya keys need the model's module names, so the base model's components are loaded (the prior folder and the
-    U-Net only: the VAE plays no part)."""
+    """Kohya keys need the model's module names, so the base model's components are loaded."""
     from safetensors.torch import load_file, save
 
     from ..png import write_new_file
@@ -22,7 +22,7 @@ def convert_to_kohya(source: Path, output: Path, model: str) -> Path:
     from ..api import load_pipeline
 
     pipe = load_pipeline(model)
-    models = {"unet": pipe.unet, "prior": pipe.prior, "text_encoder": pipe.text_encoder}
+    models = {c: getattr(pipe, c) for c in COMPONENTS}
     adapter = formats.from_tensors(load_file(source), metadata, models)
     written = write_new_file(output, save(formats.to_kohya(adapter), metadata={**metadata, "imagegen.format": "kohya"}))
     if written != output:  # created meanwhile by someone else: keep theirs, report ours

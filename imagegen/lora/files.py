@@ -21,7 +21,8 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
 HEADER_LENGTH_BYTES = 8  # safetensors: little-endian u64 header length, then the JSON header, then the tensor bytes
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 A1111_HASH_DIGITS = 12
-COMPONENT_PREFIXES = {"unet": "unet.", "prior": "prior.", "text_encoder": "text_encoder."}
+COMPONENT_PREFIXES = {"unet": "unet.", "prior": "prior.", "text_encoder": "text_encoder.", "vae": "vae."}
+KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_", "prior": "lora_prior_", "vae": "lora_vae_"}
 
 
 def search_folders() -> list[Path]:
@@ -119,12 +120,7 @@ def describe(path: Path) -> AdapterInfo:
     meta = header.get("__metadata__", {}) or {}
     keys = [k for k in header if k != "__metadata__"]
     components = sorted({c for c, prefix in COMPONENT_PREFIXES.items() if any(k.startswith(prefix) for k in keys)})
-    if any(k.startswith("lora_unet_") for k in keys):
-        components.append("unet")
-    if any(k.startswith("lora_te_") for k in keys):
-        components.append("text_encoder")
-    if any(k.startswith("lora_prior_") for k in keys):
-        components.append("prior")
+    components += [c for c, prefix in KOHYA_PREFIXES.items() if any(k.startswith(prefix) for k in keys)]
     ranks = json.loads(meta.get("imagegen.ranks", "{}")) or (
         {"all": int(meta["ss_network_dim"])} if "ss_network_dim" in meta else {})
     base = meta.get("imagegen.base_model") or meta.get("ss_base_model_version") or "unknown"

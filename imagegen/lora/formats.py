@@ -1,12 +1,13 @@
 """Adapter file formats, all read into one form: per component, a peft state dict (`<module>.lora_A.weight`,
 `<module>.lora_B.weight`) and the peft `LoraConfig` arguments that rebuild its layers.
 
-- imagegen / peft / diffusers: keys `unet.<module>.lora_A.weight`, `prior.…`, `text_encoder.…`; imagegen files carry
+- imagegen / peft / diffusers: keys `unet.<module>.lora_A.weight`, `prior.…`, `text_encoder.…`, `vae.…` (the VAE
+  decoder: imagegen's extension, for styles whose fine detail the base VAE cannot draw); imagegen files carry
   their LoraConfig in the header (`imagegen.lora_config.<component>`); others get rank from the tensors and
   alpha = rank (diffusers' default).
 - kohya (sd-scripts, A1111, ComfyUI): keys `lora_unet_<module_with_underscores>.lora_down.weight` / `.lora_up.weight`
-  / `.alpha` (scale = alpha / rank), `lora_te_…` for the text encoder, and `lora_prior_…` (imagegen's extension for
-  the prior). Underscored names are mapped back to module paths through the model's own module names.
+  / `.alpha` (scale = alpha / rank), `lora_te_…` for the text encoder, and `lora_prior_…` / `lora_vae_…` (imagegen's
+  extensions for the prior and the VAE). Underscored names are mapped back to module paths through the model's own module names.
 """
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ..errors import UserError
-from .files import COMPONENT_PREFIXES
+from .files import COMPONENT_PREFIXES, KOHYA_PREFIXES
 
-KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_", "prior": "lora_prior_"}
 KOHYA_SUFFIXES = {".lora_down.weight": "lora_A.weight", ".lora_up.weight": "lora_B.weight"}
 
 
@@ -62,8 +62,8 @@ def from_tensors(tensors: dict, metadata: dict, models: dict) -> AdapterWeights:
     adapter = AdapterWeights(metadata=metadata)
     unknown = [k for k in tensors if not k.startswith(tuple(COMPONENT_PREFIXES.values()))]
     if unknown:
-        raise UserError(f"adapter keys must start with unet., prior. or text_encoder. (or be kohya's lora_unet_/"
-                        f"lora_te_); found {unknown[0]!r} and {len(unknown) - 1} more like it")
+        raise UserError(f"adapter keys must start with unet., prior., text_encoder. or vae. (or be kohya's "
+                        f"lora_unet_/lora_te_/lora_prior_/lora_vae_); found {unknown[0]!r} and {len(unknown) - 1} more like it")
     for component, prefix in COMPONENT_PREFIXES.items():
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if not state:

@@ -1,5 +1,5 @@
 """Which adapters a generation asks for, and how strongly: `--lora NAME[:WEIGHT]` on the command line and the
-AUTOMATIC1111 prompt syntax `<lora:NAME:WEIGHT>` or `<lora:NAME:unet=1:prior=0.5:te=0>` (taken out of the prompt
+AUTOMATIC1111 prompt syntax `<lora:NAME:WEIGHT>` or `<lora:NAME:unet=1:prior=0.5:te=0:vae=1>` (taken out of the prompt
 before it is encoded). No torch here.
 """
 from __future__ import annotations
@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 from ..errors import UserError
 
-COMPONENTS = ("unet", "prior", "text_encoder")
-COMPONENT_ALIASES = {"unet": "unet", "prior": "prior", "te": "text_encoder", "text_encoder": "text_encoder"}
+COMPONENTS = ("unet", "prior", "text_encoder", "vae")
+COMPONENT_ALIASES = {"unet": "unet", "prior": "prior", "te": "text_encoder", "text_encoder": "text_encoder",
+                     "vae": "vae"}
 PROMPT_TAG = re.compile(r"<lora:([^>]*)>")
 
 
@@ -53,7 +54,7 @@ def parse_spec(spec: str) -> LoraRequest:
         key, sep, value = part.partition("=")
         if not sep or key not in COMPONENT_ALIASES:
             raise UserError(f"LoRA spec {spec!r}: {part!r} should be COMPONENT=WEIGHT with COMPONENT one of "
-                            "unet, prior, te")
+                            "unet, prior, te, vae")
         weights[COMPONENT_ALIASES[key]] = _number(value, spec)
     return LoraRequest(name, weights)
 

@@ -1,6 +1,7 @@
 """LoRA adapter training (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models") for the unCLIP
 pipeline: low-rank updates of the attention projections of the decoder U-Net, the diffusion prior and/or the CLIP
-text encoder, learnt from a folder of captioned images and written as one imagegen adapter file (imagegen.lora).
+text encoder, and of the VAE decoder's layers, learnt from a folder of captioned images and written as one imagegen
+adapter file (imagegen.lora).
 
 Each component learns with the base model's own objective (imagegen.train.decoder and .prior):
 - unet: DDPM noise prediction on the VAE latents of the training images, conditioned on their CLIP image embeddings
@@ -10,7 +11,11 @@ Each component learns with the base model's own objective (imagegen.train.decode
 - prior: the clean CLIP image embedding of the training image (normalised by the prior's clip_mean / clip_std) from
   its caption's text embedding, noised with the prior scheduler's betas; CONDITION_DROPOUT of the captions become "";
 - text_encoder: through the prior's loss (and the U-Net's, if it reads the tokens); the captions are then encoded
-  live, so only their tokens are cached.
+  live, so only their tokens are cached;
+- vae: the VAE's own reconstruction loss (MSE + VAE_L1_WEIGHT x L1, as the base VAE was trained) of the training images
+  decoded from their cached latents, on the first `vae_batch_size` examples of each batch (the decoder's
+  full-resolution convolutions cost more than a U-Net step). The encoder stays as it is, so the U-Net's latents keep
+  their meaning: a style whose fine detail the base VAE never learnt to draw (3-px outlines) gets a decoder that draws it.
 Images are resized / centre-cropped to the model's resolution, and latents and embeddings are computed once
 (imagegen.train.lora_data).
 
@@ -44,12 +49,15 @@ from . import lora_data
 from . import lora_outputs as outputs
 from .lora_launch import lost_processes, make_accelerator, relaunch
 
-COMPONENTS = ("unet", "prior", "text_encoder")
-TARGET_MODULES = {  # attention projections (name suffixes)
+COMPONENTS = ("unet", "prior", "text_encoder", "vae")
+TARGET_MODULES = {  # attention projections (name suffixes; a string is a regular expression on the full module name)
     "unet": ["to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj"],
     "prior": ["to_q", "to_k", "to_v", "to_out.0"],
     "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    # every convolution and attention projection of the VAE decoder (AutoencoderKL or MoVQ), none of its encoder
+    "vae": r"decoder\.(.*\.)?(conv_in|conv_out|conv1|conv2|conv_shortcut|conv|conv_y|conv_b|to_q|to_k|to_v|to_out\.0)",
 }
+VAE_L1_WEIGHT = 0.5  # the base VAE's loss weight (configs/train/shapes.toml, vae.l1_weight); KL is the encoder's
 # With --conv-rank, the U-Net's ResNet convolutions too (kohya's LoCon `conv_dim`): a style that changes fine detail
 # (thin outlines) lives in the full-resolution blocks, which have no attention at all.
 CONV_TARGET_MODULES = ["conv1", "conv2"]
@@ -85,6 +93,7 @@ class LoraOptions:
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
     snr_gamma: float = 5.0  # 0: plain MSE
+    vae_batch_size: int = 8  # examples per micro-batch that the vae component decodes (at most --batch-size)
 
     def check(self) -> None:
         from ..settings import check_seed
@@ -95,7 +104,7 @@ class LoraOptions:
         if unknown or not self.components or len(set(self.components)) != len(self.components):
             raise UserError(f"components must be some of {', '.join(COMPONENTS)} (each once), got "
                             f"{','.join(self.components) or 'none'}")
-        for name in ("rank", "steps", "batch_size", "grad_accum", "save_every"):
+        for name in ("rank", "steps", "batch_size", "grad_accum", "save_every", "vae_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
@@ -134,10 +143,12 @@ class LoraResult:
 class LoraTrainer(torch.nn.Module):
     """The trained models and their losses in one module, so accelerate prepares (and DDP wraps) one thing."""
 
-    def __init__(self, pipe, components, unconditional: dict, snr_gamma: float):
+    def __init__(self, pipe, components, unconditional: dict, snr_gamma: float, vae_batch_size: int):
         from diffusers import DDPMScheduler
 
         super().__init__()
+        self.vae = pipe.vae if "vae" in components else None
+        self.vae_batch_size = vae_batch_size
         self.unet = pipe.unet if "unet" in components else None
         self.prior = pipe.prior if {"prior", "text_encoder"} & set(components) else None
         self.text_encoder = pipe.text_encoder if "text_encoder" in components else None
@@ -155,6 +166,8 @@ class LoraTrainer(torch.nn.Module):
             losses["unet"] = self.decoder_loss(batch, generator)
         if self.prior is not None:
             losses["prior"] = self.prior_loss(batch, generator)
+        if self.vae is not None:
+            losses["vae"] = self.vae_loss(batch)
         return sum(losses.values()), {k: v.detach() for k, v in losses.items()}
 
     def caption_or_empty(self, batch, key, dropped):
@@ -190,6 +203,14 @@ class LoraTrainer(torch.nn.Module):
             snr = compute_snr(scheduler, timesteps).to(per_example.device)  # (B,)
             per_example = per_example * snr.clamp(max=self.snr_gamma) / (snr + 1 if velocity else snr)
         return per_example.mean()
+
+    def vae_loss(self, batch):
+        from ..pipeline import UnCLIPPipeline
+
+        latents = batch["latents"][:self.vae_batch_size]  # (b, C, h, w), as the U-Net makes them
+        pixels = batch["pixels"][:self.vae_batch_size]  # (b, 3, H, W) in [-1, 1]
+        decoded = UnCLIPPipeline.vae_decode(self.vae, latents).float()  # (b, 3, H, W), the pipeline's decode
+        return F.mse_loss(decoded, pixels) + VAE_L1_WEIGHT * F.l1_loss(decoded, pixels)
 
     def prior_loss(self, batch, generator):
         image_embeds = batch["image_embeds"]
@@ -260,7 +281,8 @@ class LoraRun:
             "batch_size": options.batch_size, "grad_accum": options.grad_accum, "seed": options.seed,
             "processes": accelerator.num_processes,
             "resolution": [self.width, self.height], "mixed_precision": options.mixed_precision,
-            "snr_gamma": options.snr_gamma, "weight_decay": options.weight_decay}
+            "snr_gamma": options.snr_gamma, "weight_decay": options.weight_decay,
+            **({"vae_batch_size": options.vae_batch_size} if "vae" in options.components else {})}
         state = rng = None
         if checkpoint is not None:
             state, rng = checkpoints.load(checkpoint, accelerator.process_index)
@@ -271,12 +293,14 @@ class LoraRun:
 
         # Encode the data once, then put LoRA layers (B = 0: the model starts as the base) on each component.
         cached, unconditional = lora_data.encode_dataset(pipe, examples, self.width, self.height,
-                                                         "text_encoder" in options.components)
+                                                         "text_encoder" in options.components,
+                                                         keep_pixels="vae" in options.components)
         set_seed(options.seed)
         self.models = {c: getattr(pipe, c) for c in options.components}
         for component, model in self.models.items():
             inject_adapter_in_model(self.lora_config(component), model, adapter_name=outputs.ADAPTER)
-        trainer = LoraTrainer(pipe, options.components, unconditional, options.snr_gamma)
+        trainer = LoraTrainer(pipe, options.components, unconditional, options.snr_gamma,
+                              min(options.vae_batch_size, options.batch_size))
         self.parameters = [p for p in trainer.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.parameters, lr=options.lr, weight_decay=options.weight_decay)
         self.start = 0
@@ -297,9 +321,9 @@ class LoraRun:
         self.loader = accelerator.skip_first_batches(loader, self.start * options.grad_accum) if self.start else loader
         self.validation = outputs.Validation(pipe, options, self.width, self.height, run_dir)
 
-    def target_modules(self, component: str) -> list[str]:
+    def target_modules(self, component: str) -> list[str] | str:
         convs = CONV_TARGET_MODULES if component == "unet" and self.options.conv_rank else []
-        return TARGET_MODULES[component] + convs
+        return TARGET_MODULES[component] + convs if convs else TARGET_MODULES[component]
 
     def lora_config(self, component: str):
         from peft import LoraConfig

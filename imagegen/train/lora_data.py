@@ -161,10 +161,12 @@ def vae_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_dataset(pipe, examples: list[Example], width: int, height: int, tokens_only: bool):
-    """(per-example tensors, the unconditional text inputs (1, ...)) for the training steps."""
+def encode_dataset(pipe, examples: list[Example], width: int, height: int, tokens_only: bool,
+                   keep_pixels: bool = False):
+    """(per-example tensors, the unconditional text inputs (1, ...)) for the training steps; with `keep_pixels`, the
+    images too (in [-1, 1]), for the VAE's reconstruction loss."""
     device = pipe.device
-    latents, image_embeds = [], []
+    latents, image_embeds, kept = [], [], []
     for start in range(0, len(examples), ENCODE_BATCH):
         images = []
         for example in examples[start:start + ENCODE_BATCH]:
@@ -173,10 +175,14 @@ def encode_dataset(pipe, examples: list[Example], width: int, height: int, token
         pixels = torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2)  # (b, 3, H, W)
         pixels = pixels.to(device=device, dtype=pipe.vae.dtype) / 127.5 - 1
         latents.append(vae_latents(pipe.vae, pixels).float())  # (b, C, H/f, W/f)
+        if keep_pixels:
+            kept.append(pixels.float())  # (b, 3, H, W)
         clip_pixels = pipe.image_processor(images=images, return_tensors="pt").pixel_values
         clip_pixels = clip_pixels.to(device=device, dtype=pipe.image_encoder.dtype)
         image_embeds.append(pipe.image_encoder(clip_pixels).image_embeds.float())  # (b, D)
     data = {"latents": torch.cat(latents), "image_embeds": torch.cat(image_embeds)}
+    if keep_pixels:
+        data["pixels"] = torch.cat(kept)
     captions = [e.caption for e in examples]
     if tokens_only:
         ids, mask = tokenize(pipe.tokenizer, captions)  # (N, T), (N, T)
