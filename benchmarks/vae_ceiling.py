@@ -3,7 +3,10 @@ the VAE's reconstructions of the same renders, side by side. A decoder that make
 make can do no better than the second row (the default model's eval and the example adapters' evals are read
 against it).
 
+With `--lora NAME`, the VAE decoder carries that adapter's `vae` part (imagegen train-lora --components ...,vae).
+
 Run alone:  python benchmarks/vae_ceiling.py [--model shapes] [--images 200] [--seed 777] [--style filled|outline]
+            [--lora outline]
 """
 import argparse
 import os
@@ -49,15 +52,22 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--seed", type=int, default=777)
     parser.add_argument("--style", default="filled", choices=shapes.STYLES)
+    parser.add_argument("--lora", help="an adapter whose vae part the decoder carries")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    vae = imagegen.load_pipeline(args.model).vae  # an AutoencoderKL (the shapes model's)
+    pipe = imagegen.load_pipeline(args.model)
+    if args.lora:
+        name = pipe.load_lora(args.lora, {"vae": 1.0})
+        if "vae" not in pipe.loras.loaded_components(name):
+            parser.error(f"adapter {args.lora!r} has no vae part")
+    vae = pipe.vae  # an AutoencoderKL (the shapes model's)
     batch = ShapesBatch(*shapes.generate(args.seed, args.images, style=args.style))
     images, attributes = batch.images, batch.attributes
     reconstructions = reconstruct(vae, batch)
     truth, rebuilt = accuracy(images, attributes), accuracy(reconstructions, attributes)
     psnr = 10 * np.log10(255.0 ** 2 / np.mean((reconstructions.astype(float) - images) ** 2))
-    print(f"{args.images} {args.style} renders (seed {args.seed}), oracle accuracy in %, model {args.model}")
+    lora = f" + LoRA {args.lora} (vae)" if args.lora else ""
+    print(f"{args.images} {args.style} renders (seed {args.seed}), oracle accuracy in %, model {args.model}{lora}")
     print("attribute      " + " ".join(f"{name:>10}" for name in truth))
     print("renders        " + " ".join(f"{value:>10}" for value in truth.values()))
     print("reconstructed  " + " ".join(f"{value:>10}" for value in rebuilt.values()))
