@@ -5,9 +5,10 @@
   decoder: imagegen's extension, for styles whose fine detail the base VAE cannot draw); imagegen files carry
   their LoraConfig in the header (`imagegen.lora_config.<component>`); others get rank from the tensors and
   alpha = rank (diffusers' default).
-- kohya (sd-scripts, A1111, ComfyUI): keys `lora_unet_<module_with_underscores>.lora_down.weight` / `.lora_up.weight`
-  / `.alpha` (scale = alpha / rank), `lora_te_…` for the text encoder, and `lora_prior_…` / `lora_vae_…` (imagegen's
-  extensions for the prior and the VAE). Underscored names are mapped back to module paths through the model's own module names.
+- kohya (sd-scripts, A1111, ComfyUI): keys `lora_unet_<module_with_underscores>.lora_down.weight` /
+  `.lora_up.weight` / `.alpha` (scale = alpha / rank), `lora_te_…` for the text encoder, and `lora_prior_…` /
+  `lora_vae_…` (imagegen's extensions for the prior and the VAE). Underscored names are mapped back to module paths
+  through the model's own module names.
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def from_tensors(tensors: dict, metadata: dict, models: dict) -> AdapterWeights:
     unknown = [k for k in tensors if not k.startswith(tuple(COMPONENT_PREFIXES.values()))]
     if unknown:
         raise UserError(f"adapter keys must start with unet., prior., text_encoder. or vae. (or be kohya's "
-                        f"lora_unet_/lora_te_/lora_prior_/lora_vae_); found {unknown[0]!r} and {len(unknown) - 1} more like it")
+                        f"lora_unet_/lora_te_/lora_prior_/lora_vae_); found {unknown[0]!r} and {len(unknown) - 1} "
+                        "more like it")
     for component, prefix in COMPONENT_PREFIXES.items():
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if not state:

@@ -1,11 +1,11 @@
 """Loading, activating, fusing and unloading LoRA adapters on a pipeline's U-Net, prior, text encoder and VAE.
 
 peft holds the layers: diffusers' `load_lora_adapter` (U-Net, prior) and peft's `inject_adapter_in_model` +
-`set_peft_model_state_dict` (the transformers text encoder, the VAE) put them in; diffusers' `set_weights_and_activate_adapters`
-sets each adapter's multiplier; peft's `merge` / `unmerge` fuse and unfuse. This module is the glue: it validates an
-adapter completely before touching the model (so a bad file never leaves half an adapter behind), keeps loaded
-adapters resident so switching between generations never reloads the base weights, and removes every LoRA layer when
-the last adapter is unloaded, which gives the base model back bit for bit.
+`set_peft_model_state_dict` (the transformers text encoder, the VAE) put them in; diffusers'
+`set_weights_and_activate_adapters` sets each adapter's multiplier; peft's `merge` / `unmerge` fuse and unfuse. This
+module is the glue: it validates an adapter completely before touching the model (so a bad file never leaves half an
+adapter behind), keeps loaded adapters resident so switching between generations never reloads the base weights, and
+removes every LoRA layer when the last adapter is unloaded, which gives the base model back bit for bit.
 """
 from __future__ import annotations
 

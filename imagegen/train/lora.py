@@ -12,10 +12,11 @@ Each component learns with the base model's own objective (imagegen.train.decode
   its caption's text embedding, noised with the prior scheduler's betas; CONDITION_DROPOUT of the captions become "";
 - text_encoder: through the prior's loss (and the U-Net's, if it reads the tokens); the captions are then encoded
   live, so only their tokens are cached;
-- vae: the VAE's own reconstruction loss (MSE + VAE_L1_WEIGHT x L1, as the base VAE was trained) of the training images
-  decoded from their cached latents, on the first `vae_batch_size` examples of each batch (the decoder's
+- vae: the VAE's own reconstruction loss (MSE + VAE_L1_WEIGHT x L1, as the base VAE was trained) of the training
+  images decoded from their cached latents, on the first `vae_batch_size` examples of each batch (the decoder's
   full-resolution convolutions cost more than a U-Net step). The encoder stays as it is, so the U-Net's latents keep
-  their meaning: a style whose fine detail the base VAE never learnt to draw (3-px outlines) gets a decoder that draws it.
+  their meaning: a style whose fine detail the base VAE never learnt to draw (3-px outlines) gets a decoder that draws
+  it.
 Images are resized / centre-cropped to the model's resolution, and latents and embeddings are computed once
 (imagegen.train.lora_data).
 
