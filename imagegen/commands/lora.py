@@ -37,10 +37,10 @@ def run_lora(args) -> int:
             for row in rows:
                 print(json.dumps(row))
             return 0
-        print(f"{'NAME':<16} {'COMPONENTS':<28} {'RANK':<18} {'BASE':<10} {'TRIGGERS':<20} SIZE")
+        print(f"{'NAME':<16} {'COMPONENTS':<22} {'RANK':<26} {'BASE':<10} {'TRIGGERS':<20} SIZE")
         for r in rows:
             ranks = ",".join(f"{k}={v}" for k, v in r["ranks"].items()) or "?"
-            print(f"{r['name']:<16} {','.join(r['components']):<28} {ranks:<18} {r['base_model']:<10} "
+            print(f"{r['name']:<16} {','.join(r['components']):<22} {ranks:<26} {r['base_model']:<10} "
                   f"{','.join(r['trigger_words']):<20} {r['size_bytes'] / 1024:.0f} KiB")
         return 0
     path = files.find(args.name)
