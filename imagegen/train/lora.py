@@ -44,13 +44,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..lora.requests import COMPONENTS  # the components an adapter file can hold
 from ..presets import DEFAULT_PRESET
 from . import lora_checkpoints as checkpoints
 from . import lora_data
 from . import lora_outputs as outputs
 from .lora_launch import lost_processes, make_accelerator, relaunch
 
-COMPONENTS = ("unet", "prior", "text_encoder", "vae")
 TARGET_MODULES = {  # attention projections (name suffixes; a string is a regular expression on the full module name)
     "unet": ["to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj"],
     "prior": ["to_q", "to_k", "to_v", "to_out.0"],
