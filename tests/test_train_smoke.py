@@ -18,7 +18,7 @@ def tiny_overrides(runs_dir: Path) -> dict:
         "run": {"runs_dir": str(runs_dir), "name": "tiny"},
         "clip": {"vocabulary": "bytes", "embed_dim": 16, "text_layers": 1, "text_heads": 2, "text_mlp": 32,
                  "vision_hidden": 32, "vision_layers": 1, "vision_heads": 2, "vision_mlp": 64, "eval_images": 8,
-                 "init_from": "", "train_image_encoder": True, "train": STEPS},
+                 "init_from": "", "train_image_encoder": True, "train_text_encoder": True, "train": STEPS},
         "vae": {"channels": [8, 16, 16], "norm_groups": 8, "eval_images": 8, "train": STEPS},
         "prior": {"layers": 1, "heads": 2, "head_dim": 8, "stats_images": 16, "eval_images": 8, "eval_steps": 2,
                   "train": STEPS},
@@ -60,9 +60,9 @@ def test_train_base_writes_a_loadable_model_and_resume_skips_finished_stages(tmp
     assert (tmp_path / "runs" / "tiny" / "train.log").read_text().count("finished earlier, skipped") == len(STAGES)
 
 
-def test_a_run_can_continue_finished_stages_with_the_image_tower_frozen(tmp_path):
+def test_a_run_can_continue_finished_stages_with_one_tower_frozen(tmp_path):
     """init_from: CLIP and decoder start from an earlier run's weights; a frozen image tower comes out unchanged while
-    the text tower learns (its heads read the stated attributes)."""
+    the text tower learns (its heads read the stated attributes), and a frozen text tower while the image tower learns."""
     from safetensors.torch import load_file
 
     from imagegen.train.run import train_base
@@ -86,6 +86,20 @@ def test_a_run_can_continue_finished_stages_with_the_image_tower_frozen(tmp_path
     assert all(torch.equal(before[k], after[k]) for k in before)
     before, after = weights("tiny", "text_encoder"), weights("continued", "text_encoder")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    # The other way round (v0.5's recipe): the text tower locked, the image tower learning.
+    locked_text = {**continued, "run": {"runs_dir": str(runs), "name": "locked-text"},
+                   "clip": {**continued["clip"], "train_image_encoder": True, "train_text_encoder": False}}
+    train_base(CONFIG, tmp_path / "fourth", overrides=locked_text)
+    before, after = weights("tiny", "text_encoder"), weights("locked-text", "text_encoder")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    before, after = weights("tiny", "image_encoder"), weights("locked-text", "image_encoder")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    frozen = {**locked_text, "run": {"runs_dir": str(runs), "name": "frozen"},
+              "clip": {**locked_text["clip"], "train_image_encoder": False}}
+    with pytest.raises(UserError, match="train_image_encoder and train_text_encoder are both false"):
+        train_base(CONFIG, tmp_path / "fifth", overrides=frozen)
 
     missing = {**continued, "run": {"runs_dir": str(runs), "name": "missing"},
                "clip": {**continued["clip"], "init_from": str(tmp_path / "nowhere")}}
@@ -122,3 +136,10 @@ def test_written_config_round_trips():
     import tomllib
 
     assert tomllib.loads(to_toml(config))["clip"]["zero_shot_prompts"]["shape"] == config.clip.zero_shot_prompts.shape
+
+
+@pytest.mark.parametrize("recipe", sorted(CONFIG.parent.glob("*.toml")), ids=lambda p: p.name)
+def test_every_training_recipe_in_configs_reads(recipe):
+    """Every recipe kept in configs/train/ has exactly the keys the code reads (a stale one fails here, not mid-run)."""
+    config = load_config(recipe)
+    assert config.clip.train_image_encoder or config.clip.train_text_encoder

@@ -99,6 +99,14 @@ def soft_cross_entropy(logits: torch.Tensor, matches: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits, matches / matches.sum(dim=1, keepdim=True))
 
 
+def text_heads_loss(model: ContrastiveModel, text: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """Mean cross-entropy of the text heads over the attributes the captions state."""
+    stated = stated_labels(captions)  # (B, A), -1 where a caption is silent
+    return torch.stack([F.cross_entropy(model.text_heads[name](TEXT_HEAD_INPUT_SCALE * text), stated[:, a],
+                                        ignore_index=-1)
+                        for a, name in enumerate(ATTRIBUTE_CLASSES) if (stated[:, a] >= 0).any()]).mean()
+
+
 def make_batch(config: TrainConfig, step: int) -> ShapesBatch:
     """Batch `step`: sometimes one colour + background for all (hard negatives), half the captions complete."""
     cfg = config.clip
@@ -127,7 +135,13 @@ def train_clip(config: TrainConfig, run_dir: Path) -> dict:
         for built, trained in zip(encoders, (text_encoder, image_encoder)):
             built.load_state_dict(trained.state_dict())  # strict: the architectures must agree
     model = ContrastiveModel(*encoders, cfg.init_temperature, cfg.embed_dim)
+    if not (cfg.train_image_encoder or cfg.train_text_encoder):
+        raise UserError("clip: train_image_encoder and train_text_encoder are both false; set at least one to true")
     model.image_encoder.requires_grad_(cfg.train_image_encoder)
+    # A frozen text tower is "locked-image text tuning" turned around (LiT, Zhai et al. 2022): the image tower learns
+    # to meet fixed text embeddings, and the token states the decoder reads stay exactly as they were.
+    model.text_encoder.requires_grad_(cfg.train_text_encoder)
+    model.text_heads.requires_grad_(cfg.train_text_encoder)
     max_log_scale = math.log(cfg.max_logit_scale)
 
     def loss_fn(step: int):
@@ -137,7 +151,8 @@ def train_clip(config: TrainConfig, run_dir: Path) -> dict:
         input_ids, _ = tokenize(tokenizer, batch.captions)  # (B, T); no mask, as the pipeline encodes
         pixels = clip_pixels(batch.images, config.data.image_mean, config.data.image_std)  # (B, 3, 64, 64)
         with loop.autocast(cfg.train.bf16):
-            text = model.text_encoder(input_ids).text_embeds  # (B, D)
+            with torch.set_grad_enabled(cfg.train_text_encoder):
+                text = model.text_encoder(input_ids).text_embeds  # (B, D)
             with torch.set_grad_enabled(cfg.train_image_encoder):
                 image = model.image_encoder(pixels).image_embeds  # (B, D)
         text, image = F.normalize(text.float(), dim=-1), F.normalize(image.float(), dim=-1)
@@ -147,10 +162,7 @@ def train_clip(config: TrainConfig, run_dir: Path) -> dict:
         # Symmetric InfoNCE: images -> captions and captions -> images, each over its true matches.
         contrastive = (soft_cross_entropy(logits, matches) + soft_cross_entropy(logits.T, matches.T)) / 2
         aux = torch.stack([F.cross_entropy(model.heads[name](image), labels[name]) for name in labels]).mean()
-        stated = stated_labels(batch.captions)  # (B, A), -1 where a caption is silent
-        text_aux = torch.stack([F.cross_entropy(model.text_heads[name](TEXT_HEAD_INPUT_SCALE * text), stated[:, a],
-                                                ignore_index=-1)
-                                for a, name in enumerate(labels) if (stated[:, a] >= 0).any()]).mean()
+        text_aux = text_heads_loss(model, text, batch.captions) if cfg.train_text_encoder else torch.zeros(())
         logs = {"contrastive": contrastive.item(), "aux": aux.item(), "text_aux": text_aux.item(),
                 "temperature": 1 / scale.item()}
         return contrastive + cfg.aux_weight * aux + cfg.text_aux_weight * text_aux, logs

@@ -86,6 +86,7 @@ class ClipConfig:
     text_aux_weight: float
     init_from: str
     train_image_encoder: bool
+    train_text_encoder: bool
     full_caption_probability: float
     hard_negative_probability: float
     eval_images: int
