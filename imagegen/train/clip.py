@@ -124,6 +124,8 @@ def make_batch(config: TrainConfig, step: int) -> ShapesBatch:
 
 def train_clip(config: TrainConfig, run_dir: Path) -> dict:
     cfg = config.clip
+    if not (cfg.train_image_encoder or cfg.train_text_encoder):
+        raise UserError("clip: train_image_encoder and train_text_encoder are both false; set at least one to true")
     stage_dir = run_dir / "clip"
     tokenizer = build_clip_tokenizer(cfg.vocabulary, model_max_length=cfg.max_tokens)
     encoders = build_encoders(config, tokenizer)
@@ -135,8 +137,6 @@ def train_clip(config: TrainConfig, run_dir: Path) -> dict:
         for built, trained in zip(encoders, (text_encoder, image_encoder)):
             built.load_state_dict(trained.state_dict())  # strict: the architectures must agree
     model = ContrastiveModel(*encoders, cfg.init_temperature, cfg.embed_dim)
-    if not (cfg.train_image_encoder or cfg.train_text_encoder):
-        raise UserError("clip: train_image_encoder and train_text_encoder are both false; set at least one to true")
     model.image_encoder.requires_grad_(cfg.train_image_encoder)
     # A frozen text tower is "locked-image text tuning" turned around (LiT, Zhai et al. 2022): the image tower learns
     # to meet fixed text embeddings, and the token states the decoder reads stay exactly as they were.
