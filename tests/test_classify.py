@@ -88,6 +88,21 @@ def test_logits_equal_open_clips_zero_shot_path(open_clip_tiny, tmp_path):
     assert difference <= PARITY_TOLERANCE and batched_difference <= PARITY_TOLERANCE
 
 
+def test_preprocess_equals_open_clips_transform_bit_for_bit(open_clip_tiny):
+    """Images already at the model's size skip Resize/CenterCrop and are normalised as one batch: the pixels must be
+    exactly open_clip's; other sizes and modes go through the transform itself."""
+    backend = backends.load_backend(open_clip_tiny.spec, str(open_clip_tiny.checkpoint))
+    side = TINY_CONFIG["vision_cfg"]["image_size"]
+    assert backend._fast is not None and backend._fast[0] == side  # the batched path applies to this transform
+    rng = np.random.default_rng(1)
+    at_size = [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(3)]
+    other = at_size[:1] + [Image.fromarray(rng.integers(0, 256, (side + 8, side, 3), dtype=np.uint8)),
+                           at_size[1].convert("L")]
+    for images in (at_size, other):
+        reference = torch.stack([open_clip_tiny.preprocess(image) for image in images])
+        assert torch.equal(backend.preprocess(images), reference)
+
+
 def test_zero_shot_weights_equal_open_clips(open_clip_tiny):
     from open_clip import build_zero_shot_classifier
 

@@ -9,14 +9,15 @@ from imagegen.data import shapes
 from imagegen.evaluation import oracle
 
 # (prompt, seed): drawn with the model's default settings (25 + 25 steps, guidance 4, DPM-Solver++); seeds picked
-# among 0-7 where v0.3 draws the prompt. Position is v0.3's weak attribute (about 20% in `imagegen eval`), so only
-# one prompt here states it.
+# among 0-7 where v0.5b draws the prompt (it does for: "a red circle" 2-7, the blue square, white star and purple
+# cross 0-7, "a medium orange circle ..." 1, 4, 5, 7, "a small green triangle at the top left" 0-7).
 FIXED = [
-    ("a red circle", 1),
+    ("a red circle", 2),
     ("a blue square on a yellow background", 0),
     ("a large white star on a black background", 2),
     ("a small purple cross at the bottom right on an orange background", 0),
-    ("a medium orange circle on a blue background", 0),
+    ("a medium orange circle on a blue background", 1),
+    ("a small green triangle at the top left", 0),
 ]
 
 

@@ -128,6 +128,11 @@ def test_make_dataset_writes_hearts_and_outlined_shapes(tmp_path, capsys):
     assert {r["shape"] for r in hearts} == {"heart"} and all("heart" in r["text"] for r in hearts)
     assert {r["style"] for r in outlines} == {"outline"} and all("outlined" in r["text"] for r in outlines)
     assert (tmp_path / "heart" / "00003.txt").read_text() == hearts[3]["text"]
+    # The base world, e.g. regularization images beside a concept's: filled base shapes, captions without "outlined".
+    assert main(["make-dataset", "shapes", str(tmp_path / "shapes"), "--count", "8", "--seed", "2"]) == 0
+    base = [json.loads(line) for line in (tmp_path / "shapes" / "metadata.jsonl").read_text().splitlines()]
+    assert {r["style"] for r in base} == {"filled"} and {r["shape"] for r in base} <= set(shapes.SHAPES)
+    assert not any("outlined" in r["text"] or "heart" in r["text"] for r in base)
     assert main(["make-dataset", "heart", str(tmp_path / "heart")]) == 2
     assert "refusing to mix datasets" in capsys.readouterr().err
 

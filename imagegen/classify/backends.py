@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from ..errors import UserError
@@ -97,6 +98,7 @@ class OpenClip:
     def __init__(self, model, transform, tokenizer, name: str, identity: str):
         self.model, self.transform, self.tokenizer = model, transform, tokenizer  # transform: open_clip's preprocess
         self.device = next(model.parameters()).device
+        self._fast = _resize_crop_normalize(transform)
         self.name, self.identity = name, identity
 
     @torch.inference_mode()
@@ -107,11 +109,32 @@ class OpenClip:
         return self.encode_pixels(self.preprocess(images))
 
     def preprocess(self, images: list) -> torch.Tensor:
+        if self._fast and all(image.mode == "RGB" and image.size == (self._fast[0],) * 2 for image in images):
+            # Resize and centre crop leave an image already at the model's size untouched, so the batch goes
+            # straight to ToTensor + Normalize, as one tensor instead of one image at a time: same numbers, faster.
+            size, mean, std = self._fast
+            pixels = torch.from_numpy(np.stack([np.asarray(image) for image in images]))  # (N, S, S, 3) uint8
+            return pixels.permute(0, 3, 1, 2).float().div(255).sub(mean).div(std)  # (N, 3, S, S)
         return torch.stack([self.transform(image) for image in images])  # (N, 3, S, S)
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels.to(self.device))  # (N, D)
+
+
+def _resize_crop_normalize(transform) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+    """(S, mean (3, 1, 1), std (3, 1, 1)) when `transform` is open_clip's validation preprocess - Resize(S),
+    CenterCrop(S), RGB conversion, ToTensor, Normalize - else None."""
+    steps = list(getattr(transform, "transforms", []))
+    names = [type(step).__name__ for step in steps]
+    if names != ["Resize", "CenterCrop", "MaybeConvertMode", "MaybeToTensor", "Normalize"]:
+        return None
+    resize, crop, convert, _, normalize = steps
+    size = resize.size[0] if isinstance(resize.size, (list, tuple)) and len(resize.size) == 1 else resize.size
+    if not isinstance(size, int) or tuple(crop.size) != (size, size) or convert.mode != "RGB":
+        return None
+    stats = [torch.tensor(values, dtype=torch.float32).view(3, 1, 1) for values in (normalize.mean, normalize.std)]
+    return size, *stats
 
 
 # ---------------------------------------------------------------- choosing and loading a backend

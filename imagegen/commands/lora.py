@@ -62,12 +62,13 @@ def run_lora(args) -> int:
     return 0
 
 
-DATASETS = ("heart", "outline", "by-shape", "by-colour", "by-background", "by-size", "by-position")
+DATASETS = ("heart", "outline", "shapes", "by-shape", "by-colour", "by-background", "by-size", "by-position")
 
 
 def add_make_dataset_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=DATASETS, help="heart: filled hearts ('a red heart ...'); outline: the five base "
                                                   "shapes drawn as 3-px outlines ('a red outlined circle ...'); "
+                                                  "shapes: the base world, e.g. as regularization images; "
                                                   "by-ATTRIBUTE: renders in one subfolder per class, for classify --eval")
     p.add_argument("out", metavar="OUT", help="the folder to write (new or empty): PNG + .txt pairs and metadata.jsonl")
     p.add_argument("--count", type=int, default=256, help="images (default 256)")
@@ -88,7 +89,8 @@ def run_make_dataset(args) -> int:
 
             folder = write_labelled_folders(args.out, args.count, args.seed, args.kind.removeprefix("by-"))
         else:
-            kind = dict(shapes=("heart",)) if args.kind == "heart" else dict(shapes=shapes.SHAPES, style="outline")
+            kind = {"heart": dict(shapes=("heart",)), "outline": dict(shapes=shapes.SHAPES, style="outline"),
+                    "shapes": dict(shapes=shapes.SHAPES)}[args.kind]
             folder = shapes.write_dataset(args.out, args.count, args.seed, **kind)
     except (ValueError, OSError) as err:
         raise UserError(str(err)) from None
