@@ -112,7 +112,7 @@ class OpenClip:
         if self._fast and all(image.mode == "RGB" and image.size == (self._fast[0],) * 2 for image in images):
             # Resize and centre crop leave an image already at the model's size untouched, so the batch goes
             # straight to ToTensor + Normalize, as one tensor instead of one image at a time: same numbers, faster.
-            size, mean, std = self._fast
+            _, mean, std = self._fast
             pixels = torch.from_numpy(np.stack([np.asarray(image) for image in images]))  # (N, S, S, 3) uint8
             return pixels.permute(0, 3, 1, 2).float().div(255).sub(mean).div(std)  # (N, 3, S, S)
         return torch.stack([self.transform(image) for image in images])  # (N, 3, S, S)
