@@ -313,7 +313,10 @@ class UnCLIPPipeline:
         latents = randn_tensor(shape, generator=generators, device=self.device, dtype=condition.dtype)  # (B, C, h, w)
         latents = latents * scheduler.init_noise_sigma
         timesteps = scheduler.timesteps
+        windows = self._loras is not None and self._loras.has_step_windows()  # adapters on part of the loop only
         for i, t in enumerate(tqdm(timesteps, desc="decoder", disable=not progress, leave=False)):
+            if windows:
+                self._loras.at_decoder_fraction(i / len(timesteps))
             model_input = torch.cat([latents] * 2) if guided else latents  # (2B, C, h, w)
             model_input = scheduler.scale_model_input(model_input, t)
             output = self.unet(model_input, t, encoder_hidden_states=tokens,
@@ -326,6 +329,8 @@ class UnCLIPPipeline:
             model_output = torch.cat([noise, variance], dim=1) if learned_variance and variance.shape[1] else noise
             next_t = timesteps[i + 1] if i + 1 < len(timesteps) else None
             latents = step(model_output, t, latents, next_t, generators)
+        if windows:
+            self._loras.at_decoder_fraction(None)
         return latents
 
     def decode(self, latents: torch.Tensor):

@@ -86,6 +86,7 @@ class GenerationResult:
             shared["extra_infotext"] = {
                 "Lora hashes": ", ".join(f"{r['name']}: {r['hash']}" for r in shared["loras"]),
                 "Loras": ", ".join(f"{r['name']}:" + ":".join(f"{k}={v:g}" for k, v in r["weights"].items())
+                                   + "".join(f":{k}={v:g}" for k, v in zip(("start", "stop"), r.get("window", ())))
                                    for r in shared["loras"]),
             }
         records = [

@@ -163,6 +163,41 @@ def test_png_records_adapters_and_a1111_lora_hashes(pipe, lora_dir, tmp_path):
     assert record["loras"][0]["hash"] == expected and record["loras"][0]["weights"]["unet"] == 0.5
 
 
+def test_a_step_window_applies_the_unet_part_to_those_decoder_steps_only(pipe, lora_dir):
+    from diffusers.utils.peft_utils import set_adapter_layers
+
+    write(lora_dir, "a", pipe, ("unet",), seed=8)
+    decoder = DecoderSettings(steps=4, width=32, height=32)
+
+    def run(*specs):
+        return pipe("a red circle", seed=1, prior=PRIOR, decoder=decoder, progress=False,
+                    loras=[parse_spec(s) for s in specs])
+
+    base, full, late = run().pixels, run("a:0.7").pixels, run("a:0.7:start=0.5")
+    assert np.array_equal(run("a:0.7:start=0:stop=1").pixels, full)
+    calls = []
+
+    def by_hand(module, args):  # the reference: LoRA layers switched off for the first 2 of the 4 steps
+        set_adapter_layers(module, enabled=len(calls) >= 2)
+        calls.append(1)
+
+    handle = pipe.unet.register_forward_pre_hook(by_hand)
+    try:
+        expected = run("a:0.7").pixels
+    finally:
+        handle.remove()
+    assert len(calls) == 4 and np.array_equal(late.pixels, expected)
+    assert np.abs(late.pixels - full).max() > 1e-4 and np.abs(late.pixels - base).max() > 1e-4
+    assert np.array_equal(run("a:0.7").pixels, full)  # the adapter is whole again after a windowed generation
+    record = late.records[0]
+    assert record["loras"][0]["window"] == [0.5, 1.0] and "a:unet=0.7" in record["extra_infotext"]["Loras"]
+    assert record["extra_infotext"]["Loras"].endswith(":start=0.5:stop=1")
+    request = parse_spec("a:unet=1:vae=0.5:stop=0.8")
+    assert request.window == (0.0, 0.8) and request.weights["vae"] == 0.5 and parse_spec(request.describe()) == request
+    with pytest.raises(UserError, match="start 0.6 and stop 0.5 must be fractions of the steps"):
+        parse_spec("a:1:start=0.6:stop=0.5")
+
+
 def corrupt(path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])

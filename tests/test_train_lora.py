@@ -76,7 +76,14 @@ def test_a_tiny_run_writes_an_adapter_that_loads_and_changes_the_output(data, ti
     assert changes_the_output(tiny_model_dir, result.adapter, monkeypatch)
 
 
-def test_stopping_and_resuming_gives_the_weights_of_one_uninterrupted_run(data, tiny_model_dir, tmp_path):
+SCHEDULES = {"constant": {}, "cosine_ema": dict(lr_scheduler="cosine", lr_warmup_steps=2, ema_decay=0.9)}
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_stopping_and_resuming_gives_the_weights_of_one_uninterrupted_run(data, tiny_model_dir, tmp_path, schedule):
+    def options(data, model, out, **changes):  # the learning-rate schedule and the EMA must be resumed too
+        return globals()["options"](data, model, out, **SCHEDULES[schedule], **changes)
+
     whole = train_lora(options(data, tiny_model_dir, tmp_path / "whole"), progress=False)
     out = tmp_path / "parts"
 
@@ -102,6 +109,34 @@ def test_stopping_and_resuming_gives_the_weights_of_one_uninterrupted_run(data, 
     assert expected.keys() == got.keys()
     assert max((expected[k] - got[k]).abs().max().item() for k in expected) <= 1e-6
     assert any(v.abs().max() > 0 for k, v in got.items() if "lora_B" in k)  # it did learn something
+
+
+def test_cosine_schedule_ema_and_timestep_range(data, tiny_model_dir, tmp_path, monkeypatch):
+    from diffusers import DDPMScheduler
+
+    noised_at, add_noise = [], DDPMScheduler.add_noise
+
+    def recording(self, samples, noise, timesteps):
+        noised_at.extend(timesteps.tolist())
+        return add_noise(self, samples, noise, timesteps)
+
+    monkeypatch.setattr(DDPMScheduler, "add_noise", recording)
+    result = train_lora(options(data, tiny_model_dir, tmp_path, steps=6, grad_accum=1, lr_scheduler="cosine",
+                                lr_warmup_steps=2, ema_decay=0.5, components=("unet",), min_timestep=100,
+                                max_timestep=140), progress=False)
+    assert len(noised_at) == 12 and all(100 <= t < 140 for t in noised_at)  # the U-Net's loss, on [min, max) only
+    state = torch.load(result.checkpoint / "state.pt", weights_only=True)
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [0.0]  # cosine decays to 0 at the last step
+    assert state["lr_schedule"]["last_epoch"] == 6 and state["ema"]["optimization_step"] == 6
+    written = load_file(result.adapter)
+    last = {f"{c}.{k}": v for c, weights in state["lora"].items() for k, v in weights.items()}
+    trained = [k for k, v in last.items() if "lora_B" in k and v.abs().max() > 0]
+    assert trained and len(state["ema"]["shadow_params"]) == sum(len(w) for w in state["lora"].values())
+    # The file holds the moving average, not the last weights (which the checkpoint keeps for --resume).
+    assert all(not torch.equal(written[k], last[k]) for k in trained)
+    training = json.loads(files.describe(result.adapter).metadata["imagegen.training"])
+    assert (training["lr_scheduler"], training["lr_warmup_steps"], training["ema_decay"]) == ("cosine", 2, 0.5)
+    assert training["timesteps"] == [100, 140]
 
 
 def test_overwrite_keeps_the_old_adapter_until_the_new_one_is_complete(data, tiny_model_dir, tmp_path):
@@ -265,6 +300,12 @@ def make_bad_data(tmp_path, data, case) -> Path:
     ("good", ["--components", "unet,movq"],
      "components must be some of unet, prior, text_encoder, vae .*got unet,movq"),
     ("good", ["--mixed-precision", "fp16"], "--mixed-precision must be one of no, bf16"),
+    ("good", ["--lr-scheduler", "step"], "--lr-scheduler must be one of constant, cosine, linear, got 'step'"),
+    ("good", ["--ema-decay", "1"], "--ema-decay must be a number in \\[0, 1\\) .*got 1.0"),
+    ("good", ["--lr-warmup-steps", "-3"], "--lr-warmup-steps must be a whole number >= 0, got -3"),
+    ("good", ["--min-timestep", "10", "--max-timestep", "5"],
+     "--min-timestep 10 and --max-timestep 5 must be whole numbers with 0 <= min < max"),
+    ("good", ["--max-timestep", "5000"], "--max-timestep 5000 is beyond the decoder's [0-9]+ training timesteps"),
     ("good", ["--conv-rank", "-1"], "--conv-rank must be a whole number >= 0, got -1"),
     ("good", ["--conv-rank", "2", "--components", "prior"], "--conv-rank 2 needs the unet component"),
     ("good", ["--name", "../x"], "adapter name '../x' must be a plain name"),

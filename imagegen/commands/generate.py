@@ -31,7 +31,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variations-of", metavar="IMAGE", help="make variations of an image (its CLIP image embedding)")
     p.add_argument("--lora", action="append", metavar="NAME[:WEIGHT]",
                    help="LoRA adapter by name (lora_adapters/, $IMAGEGEN_LORA_PATH) or path, e.g. --lora heart:0.8 or "
-                        "--lora heart:unet=1:prior=0.5:te=0 (repeatable); prompts may also say <lora:NAME:WEIGHT>")
+                        "--lora heart:unet=1:prior=0.5:te=0; :start=F / :stop=F apply its U-Net part to that fraction "
+                        "of the decoder steps only (repeatable); prompts may also say <lora:NAME:WEIGHT>")
     p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line, all generated in one process")
     p.add_argument("--from-png", metavar="FILE", help="generate again the image a PNG of imagegen's records")
     p.add_argument("--rerank", type=int, default=1, metavar="N",
@@ -132,7 +133,7 @@ def given(**values) -> dict:
 
 def from_png_job(path: str) -> dict:
     """The same call that made the PNG: its whole batch again (batches are bit-exact, single images may not be)."""
-    from ..lora.requests import LoraRequest
+    from ..lora.requests import FULL_WINDOW, LoraRequest
     from ..png import read_record
     from ..result import MixItem, settings_from_record
 
@@ -145,7 +146,8 @@ def from_png_job(path: str) -> dict:
         return dict(model=record["model_ref"], negative_prompt=record["negative_prompt"], num_images=record["batch_size"],
                     seed=record["batch_seed"], prior_seed=record["batch_prior_seed"], prior=prior, decoder=decoder,
                     mix=mix, keep_index=record["batch_index"], runtime=(record["device"], record["dtype"]),
-                    loras=[LoraRequest(r["path"], r["weights"]) for r in record.get("loras", [])])
+                    loras=[LoraRequest(r["path"], r["weights"], tuple(r.get("window", FULL_WINDOW)))
+                           for r in record.get("loras", [])])
     except (KeyError, TypeError) as err:
         raise UserError(f"the imagegen metadata in {path!r} lacks {err}; it was not written by this version") from None
 

@@ -117,6 +117,18 @@ def add_train_lora_arguments(p: argparse.ArgumentParser) -> None:
                         "than a U-Net step)")
     p.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    p.add_argument("--lr-scheduler", default="constant", metavar="{constant,cosine,linear}",
+                   help="learning-rate schedule; cosine and linear decay to 0 at the last step (default constant)")
+    p.add_argument("--lr-warmup-steps", type=int, default=0, metavar="N",
+                   help="steps of linear warm-up from 0 to --lr (default 0)")
+    p.add_argument("--ema-decay", type=float, default=0.0, metavar="D",
+                   help="write an exponential moving average of the LoRA weights with this decay, e.g. 0.995 "
+                        "(default 0: the last weights)")
+    p.add_argument("--min-timestep", type=int, default=0, metavar="T",
+                   help="the U-Net learns on timesteps from T (default 0)")
+    p.add_argument("--max-timestep", type=int, metavar="T",
+                   help="... up to T, exclusive (default: all the scheduler's, e.g. 1000); a style trained on the "
+                        "low-noise end leaves the base model's composition alone")
     p.add_argument("--batch-size", type=int, default=4, help="examples per step and process (default 4)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the LoRA init, example order, noise (default 0)")
@@ -144,7 +156,9 @@ def run_train_lora(args) -> int:
     options = dict(data=args.data, name=args.name, base=args.base, rank=args.rank, alpha=args.alpha,
                    conv_rank=args.conv_rank, vae_batch_size=args.vae_batch_size,
                    components=tuple(c.strip() for c in args.components.split(",") if c.strip()), steps=args.steps,
-                   lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
+                   lr=args.lr, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
+                   ema_decay=args.ema_decay, min_timestep=args.min_timestep, max_timestep=args.max_timestep,
+                   batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
                    mixed_precision=(args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")).lower(),
                    resolution=args.resolution, save_every=args.save_every, resume=args.resume,
                    validation_prompts=tuple(args.validation_prompt or ()), validation_every=args.validation_every,

@@ -66,7 +66,7 @@ def run_eval(args) -> int:
                               loras=loras)
     report.settings = {"model": pipe.model.name, "kind": args.kind, "prompts": args.prompts,
                        "seeds_per_prompt": args.seeds, "seed": args.seed, "rerank": args.rerank,
-                       "loras": [{"name": r.name, "weights": r.weights} for r in loras],
+                       "loras": [{"name": r.name, "weights": r.weights, "window": list(r.window)} for r in loras],
                        "prior": vars_of(prior), "decoder": vars_of(decoder)}
     json_path, grid_path = write_report(args.out, report, images)
     if args.json:

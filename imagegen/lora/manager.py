@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import files, formats
-from .requests import COMPONENTS, LoraRequest
+from .requests import COMPONENTS, FULL_WINDOW, LoraRequest
 
 SHOWN_PROBLEMS = 3
 
@@ -33,6 +33,8 @@ class LoraManager:
         self.pipe = pipe
         self.loaded: dict[str, LoadedAdapter] = {}
         self.active: dict[str, dict] = {}  # name -> component -> multiplier
+        self.windows: dict[str, tuple] = {}  # name -> (start, stop) fractions of the decoder steps of its U-Net part
+        self._unet_fraction = None  # where in the decoder loop the U-Net's multipliers were last set (None: all on)
         self.fused = False
         self._weights_before_fusing = {}  # layer -> its base weight before merge: unfusing restores it exactly
 
@@ -130,7 +132,12 @@ class LoraManager:
         names = [self.load(r.name) for r in requests]
         if self.fused and dict(zip(names, (r.weights for r in requests))) != self.active:
             raise UserError("the LoRA adapters are fused; unfuse them before changing adapters or weights")
+        windowed = [r.describe() for r in requests if r.window != FULL_WINDOW]
+        if self.fused and windowed:
+            raise UserError(f"LoRA {windowed[0]!r}: a start/stop window needs unfused adapters; unfuse them first")
         self.active = {name: dict(r.weights) for name, r in zip(names, requests)}
+        self.windows = {name: tuple(r.window) for name, r in zip(names, requests)}
+        self._unet_fraction = None
         for component in COMPONENTS:
             self._set_component_adapters(component)
 
@@ -139,10 +146,27 @@ class LoraManager:
         requests = []
         for name, weight in weights.items():
             per_component = weight if isinstance(weight, dict) else {c: weight for c in COMPONENTS}
-            requests.append(LoraRequest(name, {c: float(per_component.get(c, 0.0)) for c in COMPONENTS}))
+            window = self.windows.get(name, FULL_WINDOW)
+            requests.append(LoraRequest(name, {c: float(per_component.get(c, 0.0)) for c in COMPONENTS}, window))
         self.activate(requests)
 
-    def _set_component_adapters(self, component: str) -> None:
+    def has_step_windows(self) -> bool:
+        return any(self.windows.get(n, FULL_WINDOW) != FULL_WINDOW for n in self.active
+                   if "unet" in self.loaded_components(n))
+
+    def at_decoder_fraction(self, fraction: float | None) -> None:
+        """Set the U-Net's multipliers for the decoder step at `fraction` of the loop (an adapter outside its window
+        gets 0, which adds exactly nothing); None: every active adapter at its multiplier again."""
+        inside = None if fraction is None else tuple(
+            self.windows[n][0] <= fraction < self.windows[n][1] for n in self.active)
+        if inside != self._unet_fraction:
+            import torch
+
+            self._unet_fraction = inside
+            with torch.inference_mode(False):  # peft switches requires_grad flags as it sets adapters
+                self._set_component_adapters("unet", inside)
+
+    def _set_component_adapters(self, component: str, inside: tuple | None = None) -> None:
         from diffusers.utils.peft_utils import set_adapter_layers, set_weights_and_activate_adapters
 
         model = self.models[component]
@@ -153,7 +177,8 @@ class LoraManager:
             set_adapter_layers(model, enabled=False)  # peft layers pass straight through to the base layer
             return
         set_adapter_layers(model, enabled=True)
-        set_weights_and_activate_adapters(model, names, [self.active[n][component] for n in names])
+        on = dict(zip(self.active, inside)) if inside is not None else {}
+        set_weights_and_activate_adapters(model, names, [self.active[n][component] * on.get(n, True) for n in names])
 
     def loaded_components(self, name: str) -> tuple[str, ...]:
         return self.loaded[name].components if name in self.loaded else ()
@@ -216,5 +241,6 @@ class LoraManager:
 
     # ---------------------------------------------------------------- what generations record
     def records(self) -> list[dict]:
-        return [{"name": n, "weights": w, "hash": self.loaded[n].hash, "path": str(self.loaded[n].path)}
+        return [{"name": n, "weights": w, "hash": self.loaded[n].hash, "path": str(self.loaded[n].path),
+                 **({"window": list(self.windows[n])} if self.windows.get(n, FULL_WINDOW) != FULL_WINDOW else {})}
                 for n, w in self.active.items()]

@@ -34,7 +34,6 @@ start N processes.
 from __future__ import annotations
 
 import math
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,12 +43,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from ..lora.requests import COMPONENTS  # the components an adapter file can hold
-from ..presets import DEFAULT_PRESET
 from . import lora_checkpoints as checkpoints
 from . import lora_data
 from . import lora_outputs as outputs
 from .lora_launch import lost_processes, make_accelerator, relaunch
+from .lora_options import LoraOptions  # noqa: F401 (imported from here by the CLI and tests)
 
 TARGET_MODULES = {  # attention projections (name suffixes; a string is a regular expression on the full module name)
     "unet": ["to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj"],
@@ -63,71 +61,6 @@ VAE_L1_WEIGHT = 0.5  # the base VAE's loss weight (configs/train/shapes.toml, va
 # (thin outlines) lives in the full-resolution blocks, which have no attention at all.
 CONV_TARGET_MODULES = ["conv1", "conv2"]
 CONDITION_DROPOUT = 0.1  # as the base model's prior and decoder training
-MIXED_PRECISION = ("no", "bf16")
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-
-
-@dataclass
-class LoraOptions:
-    data: str
-    name: str
-    base: str = DEFAULT_PRESET  # preset name, preset file or model folder
-    components: tuple = ("unet", "prior")
-    rank: int = 4
-    alpha: float | None = None  # None: the rank (scale 1)
-    conv_rank: int = 0  # > 0: also the U-Net's ResNet convolutions, at this rank and the same alpha / rank scale
-    steps: int = 500  # optimizer steps
-    lr: float = 1e-4
-    batch_size: int = 4  # per process
-    grad_accum: int = 1
-    seed: int = 0
-    mixed_precision: str = "no"  # or "bf16": ~20x slower on CPUs without AVX-512 BF16
-    save_every: int = 100
-    resume: str | None = None  # "latest" or a checkpoint folder
-    validation_prompts: tuple = ()
-    validation_every: int = 0  # 0: only after the last step
-    out: str = "lora_adapters"
-    overwrite: bool = False
-    skip_bad: bool = False
-    triggers: tuple = ()
-    resolution: int | None = None  # square side; None: the model's decoder width x height
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
-    snr_gamma: float = 5.0  # 0: plain MSE
-    vae_batch_size: int = 8  # examples per micro-batch that the vae component decodes (at most --batch-size)
-
-    def check(self) -> None:
-        from ..settings import check_seed
-
-        if not NAME_PATTERN.fullmatch(self.name) or ".." in self.name or self.name.endswith(".safetensors"):
-            raise UserError(f"adapter name {self.name!r} must be a plain name: letters, digits, '_', '-', '.'")
-        unknown = [c for c in self.components if c not in COMPONENTS]
-        if unknown or not self.components or len(set(self.components)) != len(self.components):
-            raise UserError(f"components must be some of {', '.join(COMPONENTS)} (each once), got "
-                            f"{','.join(self.components) or 'none'}")
-        for name in ("rank", "steps", "batch_size", "grad_accum", "save_every", "vae_batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
-        for name in ("lr", "alpha"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise UserError(f"--{name} must be a finite number > 0, got {value!r}")
-        if not isinstance(self.conv_rank, int) or isinstance(self.conv_rank, bool) or self.conv_rank < 0:
-            raise UserError(f"--conv-rank must be a whole number >= 0, got {self.conv_rank!r}")
-        if self.conv_rank and "unet" not in self.components:
-            raise UserError(f"--conv-rank {self.conv_rank} needs the unet component (only the U-Net has "
-                            f"convolutions), got components {','.join(self.components)}")
-        check_seed("--seed", self.seed)
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise UserError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got "
-                            f"{self.mixed_precision!r}")
-        if not isinstance(self.validation_every, int) or self.validation_every < 0:
-            raise UserError(f"--validation-every must be a whole number >= 0, got {self.validation_every!r}")
-        if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < 8):
-            raise UserError(f"--resolution must be a whole number >= 8, got {self.resolution!r}")
-        if any(not p.strip() for p in self.validation_prompts):
-            raise UserError("--validation-prompt is empty")
 
 
 @dataclass
@@ -144,7 +77,8 @@ class LoraResult:
 class LoraTrainer(torch.nn.Module):
     """The trained models and their losses in one module, so accelerate prepares (and DDP wraps) one thing."""
 
-    def __init__(self, pipe, components, unconditional: dict, snr_gamma: float, vae_batch_size: int):
+    def __init__(self, pipe, components, unconditional: dict, snr_gamma: float, vae_batch_size: int,
+                 timestep_range: tuple[int, int]):
         from diffusers import DDPMScheduler
 
         super().__init__()
@@ -160,6 +94,7 @@ class LoraTrainer(torch.nn.Module):
         self.decoder_reads_text = pipe.unet.config.encoder_hid_dim_type == "text_image_proj"
         self.unconditional = unconditional  # the "" caption: embeddings, or tokens
         self.snr_gamma = snr_gamma
+        self.timestep_range = timestep_range  # [low, high) of the U-Net's training timesteps
 
     def forward(self, batch: dict, generator: torch.Generator):
         losses = {}
@@ -190,7 +125,7 @@ class LoraTrainer(torch.nn.Module):
         condition = torch.where(dropped, self.zero_image_embed, batch["image_embeds"])  # (B, D)
         states = self.text_states(batch, dropped[:, 0])[1] if self.decoder_reads_text else None  # (B, T, W)
         noise = torch.randn(latents.shape, generator=generator).to(device)  # (B, C, h, w)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (count,), generator=generator).to(device)
+        timesteps = torch.randint(*self.timestep_range, (count,), generator=generator).to(device)  # (B,)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         output = self.unet(noisy, timesteps, encoder_hidden_states=states,
                            added_cond_kwargs={"image_embeds": condition}).sample  # (B, C or 2C, h, w)
@@ -276,6 +211,10 @@ class LoraRun:
             raise UserError(f"resolution {self.width}x{self.height} must be a multiple of the VAE's factor "
                             f"{pipe.vae_scale_factor}")
         self.alpha = float(options.alpha or options.rank)
+        steps = pipe.decoder_scheduler.config.num_train_timesteps
+        self.timestep_range = (options.min_timestep, steps if options.max_timestep is None else options.max_timestep)
+        if self.timestep_range[1] > steps:
+            raise UserError(f"--max-timestep {options.max_timestep} is beyond the decoder's {steps} training timesteps")
         self.description = {  # what a checkpoint must agree with to be continued
             "base": pipe.fingerprint(), "data": lora_data.fingerprint(examples), "components": list(options.components),
             "rank": options.rank, "alpha": self.alpha, "conv_rank": options.conv_rank, "lr": options.lr,
@@ -283,6 +222,10 @@ class LoraRun:
             "processes": accelerator.num_processes,
             "resolution": [self.width, self.height], "mixed_precision": options.mixed_precision,
             "snr_gamma": options.snr_gamma, "weight_decay": options.weight_decay,
+            "lr_scheduler": options.lr_scheduler, "lr_warmup_steps": options.lr_warmup_steps,
+            "ema_decay": options.ema_decay, "timesteps": list(self.timestep_range),
+            # a decaying learning rate is a function of the step count, so a continued run must keep it
+            **({"schedule_steps": options.steps} if options.lr_scheduler != "constant" else {}),
             **({"vae_batch_size": options.vae_batch_size} if "vae" in options.components else {})}
         state = rng = None
         if checkpoint is not None:
@@ -301,14 +244,23 @@ class LoraRun:
         for component, model in self.models.items():
             inject_adapter_in_model(self.lora_config(component), model, adapter_name=outputs.ADAPTER)
         trainer = LoraTrainer(pipe, options.components, unconditional, options.snr_gamma,
-                              min(options.vae_batch_size, options.batch_size))
+                              min(options.vae_batch_size, options.batch_size), self.timestep_range)
         self.parameters = [p for p in trainer.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.parameters, lr=options.lr, weight_decay=options.weight_decay)
+        self.lr_schedule = self.make_lr_schedule(optimizer)  # stepped once per optimizer step, not prepared
+        self.ema = None
+        if options.ema_decay:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.parameters, decay=options.ema_decay)
         self.start = 0
         if state is not None:
             for component, model in self.models.items():
                 set_peft_model_state_dict(model, state["lora"][component], adapter_name=outputs.ADAPTER)
             optimizer.load_state_dict(state["optimizer"])
+            self.lr_schedule.load_state_dict(state["lr_schedule"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
             self.start = state["step"]
             if rng is not None:
                 checkpoints.set_rng_state(rng)
@@ -321,6 +273,16 @@ class LoraRun:
         self.trainer, self.optimizer, loader = accelerator.prepare(trainer, optimizer, loader)
         self.loader = accelerator.skip_first_batches(loader, self.start * options.grad_accum) if self.start else loader
         self.validation = outputs.Validation(pipe, options, self.width, self.height, run_dir)
+
+    def make_lr_schedule(self, optimizer):
+        from diffusers.optimization import get_scheduler
+
+        options = self.options
+        name = options.lr_scheduler
+        if name == "constant" and options.lr_warmup_steps:
+            name = "constant_with_warmup"
+        return get_scheduler(name, optimizer, num_warmup_steps=options.lr_warmup_steps,
+                             num_training_steps=options.steps)
 
     def target_modules(self, component: str) -> list[str] | str:
         convs = CONV_TARGET_MODULES if component == "unet" and self.options.conv_rank else []
@@ -338,7 +300,8 @@ class LoraRun:
     def state(self, step: int) -> dict:
         lora = {c: {k: v.detach().cpu().clone() for k, v in outputs.lora_state(m).items()}
                 for c, m in self.models.items()}
-        return {"lora": lora, "optimizer": self.optimizer.state_dict(), "step": step, "run": self.description}
+        return {"lora": lora, "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None, "step": step, "run": self.description}
 
     def train(self, progress: bool, on_step) -> LoraResult:
         from tqdm.auto import tqdm
@@ -364,6 +327,9 @@ class LoraRun:
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
+                self.lr_schedule.step()
+                if self.ema is not None:
+                    self.ema.step(self.parameters)
                 value = accelerator.reduce(loss.detach(), "mean").item()
                 if not math.isfinite(value):
                     raise UserError(f"the loss became {value} at step {step}; lower --lr")
@@ -397,6 +363,8 @@ class LoraRun:
     def finish(self, target: Path, result: LoraResult) -> Path | None:
         """The main process writes the adapter (and the last validation grid); the others wait for it."""
         options, path = self.options, None
+        if self.ema is not None:  # the adapter (and its last validation grid) holds the averaged weights
+            self.ema.copy_to(self.parameters)
         if self.accelerator.is_main_process:
             if options.validation_prompts and not self.validation_due(result.steps):
                 result.validation_images.append(self.validation.grid(result.steps))
