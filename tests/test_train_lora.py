@@ -305,6 +305,7 @@ def make_bad_data(tmp_path, data, case) -> Path:
     ("good", ["--lr-warmup-steps", "-3"], "--lr-warmup-steps must be a whole number >= 0, got -3"),
     ("good", ["--min-timestep", "10", "--max-timestep", "5"],
      "--min-timestep 10 and --max-timestep 5 must be whole numbers with 0 <= min < max"),
+    ("good", ["--min-snr-gamma", "-1"], "--min-snr-gamma must be a finite number >= 0 \\(0: plain MSE\\), got -1.0"),
     ("good", ["--max-timestep", "5000"], "--max-timestep 5000 is beyond the decoder's [0-9]+ training timesteps"),
     ("good", ["--conv-rank", "-1"], "--conv-rank must be a whole number >= 0, got -1"),
     ("good", ["--conv-rank", "2", "--components", "prior"], "--conv-rank 2 needs the unet component"),

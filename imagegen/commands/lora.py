@@ -124,6 +124,9 @@ def add_train_lora_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema-decay", type=float, default=0.0, metavar="D",
                    help="write an exponential moving average of the LoRA weights with this decay, e.g. 0.995 "
                         "(default 0: the last weights)")
+    p.add_argument("--min-snr-gamma", type=float, default=5.0, metavar="G",
+                   help="Min-SNR-gamma loss weighting of the U-Net (Hang et al. 2023, kohya's --min_snr_gamma); 0: "
+                        "plain MSE, which weighs the low-noise steps (fine detail) more (default 5)")
     p.add_argument("--min-timestep", type=int, default=0, metavar="T",
                    help="the U-Net learns on timesteps from T (default 0)")
     p.add_argument("--max-timestep", type=int, metavar="T",
@@ -157,7 +160,8 @@ def run_train_lora(args) -> int:
                    conv_rank=args.conv_rank, vae_batch_size=args.vae_batch_size,
                    components=tuple(c.strip() for c in args.components.split(",") if c.strip()), steps=args.steps,
                    lr=args.lr, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
-                   ema_decay=args.ema_decay, min_timestep=args.min_timestep, max_timestep=args.max_timestep,
+                   ema_decay=args.ema_decay, snr_gamma=args.min_snr_gamma, min_timestep=args.min_timestep,
+                   max_timestep=args.max_timestep,
                    batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
                    mixed_precision=(args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")).lower(),
                    resolution=args.resolution, save_every=args.save_every, resume=args.resume,

@@ -76,6 +76,8 @@ class LoraOptions:
             raise UserError(f"--ema-decay must be a number in [0, 1) (0: off; e.g. 0.995), got {self.ema_decay!r}")
         if not isinstance(self.conv_rank, int) or isinstance(self.conv_rank, bool) or self.conv_rank < 0:
             raise UserError(f"--conv-rank must be a whole number >= 0, got {self.conv_rank!r}")
+        if not (isinstance(self.snr_gamma, (int, float)) and math.isfinite(self.snr_gamma) and self.snr_gamma >= 0):
+            raise UserError(f"--min-snr-gamma must be a finite number >= 0 (0: plain MSE), got {self.snr_gamma!r}")
         top = self.max_timestep
         if (not isinstance(self.min_timestep, int) or self.min_timestep < 0
                 or top is not None and (not isinstance(top, int) or top <= self.min_timestep)):
