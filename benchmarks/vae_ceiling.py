@@ -20,8 +20,8 @@ import torch  # noqa: E402
 import imagegen  # noqa: E402
 from imagegen.data import shapes  # noqa: E402
 from imagegen.evaluation import oracle  # noqa: E402
-from imagegen.train.data import ShapesBatch  # noqa: E402
-from imagegen.train.vae import encode  # noqa: E402
+from imagegen.train.base.data import ShapesBatch  # noqa: E402
+from imagegen.train.base.vae import encode  # noqa: E402
 
 ATTRIBUTES = ("shape", "colour", "background", "size", "position", "style")
 

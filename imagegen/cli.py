@@ -10,7 +10,9 @@ import logging
 import sys
 
 from . import __version__
-from .commands import clip, generate, lora, measure, models  # noqa: F401  (each registers its commands)
+# One module per command, named after it; importing one registers its command.
+from .commands import classify, generate, grid, lora, make_dataset, models, score, train_base, train_lora  # noqa: F401
+from .commands import eval as eval_command  # noqa: F401
 from .commands.registry import COMMANDS, OneLineParser
 from .errors import UserError
 
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="imagegen: %(levelname)s: %(message)s", level=logging.WARNING)
     try:
         args = parser.parse_args(argv)
+        args.argv = argv  # the command line as read (train-lora starts its data-parallel workers with it)
         if args.command is None:
             parser.print_help()
             return 0

@@ -1,4 +1,5 @@
-"""Loading a model in the diffusers Kandinsky 2.2 layout: one *prior* folder and one *decoder* folder.
+"""Loading a pipeline: a preset (imagegen.presets) names a model in the diffusers Kandinsky 2.2 layout, one
+*prior* folder and one *decoder* folder:
 
     prior/    model_index.json  text_encoder/ tokenizer/ prior/ image_encoder/ image_processor/ scheduler/
     decoder/  model_index.json  unet/ scheduler/ movq/   (movq: VQModel as in Kandinsky 2.2, or an AutoencoderKL)
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .presets import find_preset
+from .settings import RuntimeSettings
 
 PRIOR_COMPONENTS = ("text_encoder", "tokenizer", "prior", "image_encoder", "image_processor", "scheduler")
 DECODER_COMPONENTS = ("unet", "scheduler", "movq")
@@ -57,7 +60,12 @@ def read_model_index(folder: Path, required: tuple[str, ...]) -> dict[str, tuple
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise UserError(f"model folder {str(folder)!r} has no model_index.json (expected the diffusers layout)")
-    index = json.loads(index_file.read_text())
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read {str(index_file)!r} as JSON: {err}") from None
+    if not isinstance(index, dict):
+        raise UserError(f"{str(index_file)!r} is not a JSON object of components")
     components = {k: tuple(v) for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0]}
     if "movq" in required and "movq" not in components and "vae" in components:
         required = tuple("vae" if name == "movq" else name for name in required)
@@ -98,7 +106,7 @@ def load_components(folder: Path, required: tuple[str, ...], dtype: str, device:
     for name, (library, class_name) in index.items():
         try:
             component = _load_component(folder, name, library, class_name, torch_dtype)
-        except (OSError, ValueError, EnvironmentError) as err:
+        except (OSError, ValueError, EnvironmentError, TypeError, KeyError) as err:
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UserError(f"cannot load component '{name}' from {str(folder / name)!r}: {first_line}") from None
         if class_name in MODEL_KINDS:
@@ -157,3 +165,30 @@ def load_model(prior_ref: str, decoder_ref: str, dtype: str, device: str) -> Loa
     decoder_parts["decoder_scheduler"] = decoder_parts.pop("scheduler")
     components = {**prior_parts, **decoder_parts}
     return LoadedModel(components=components, prior_folder=prior_folder, decoder_folder=decoder_folder)
+
+
+def load_pipeline(model: str = "shapes", *, device: str = "cpu", dtype: str = "auto", attention: str = "auto"):
+    """A ready UnCLIPPipeline for a preset name, a preset .toml file or a model folder."""
+    from .attention import apply_attention, resolve_attention
+
+    runtime = RuntimeSettings(device=device, dtype=dtype, attention=attention)
+    runtime.validate()
+    preset = find_preset(model)
+    backend = resolve_attention(runtime.attention, runtime.device)
+
+    import torch
+
+    if runtime.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {runtime.device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+    if runtime.device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' asked for, but it is not available; use --device cpu")
+
+    from .pipeline import ModelInfo, UnCLIPPipeline
+
+    loaded = load_model(preset.prior, preset.decoder, runtime.resolved_dtype, runtime.device)
+    ref = model if preset.source.endswith(f"{model}.toml") and "/" not in model else str(Path(model).resolve())
+    info = ModelInfo(name=preset.name, ref=ref, folders=(str(loaded.prior_folder), str(loaded.decoder_folder)),
+                     prior_defaults=preset.prior_defaults, decoder_defaults=preset.decoder_defaults)
+    pipe = UnCLIPPipeline(loaded.components, info, runtime, attention_backend=backend)
+    apply_attention([pipe.prior, pipe.unet, pipe.vae], backend)
+    return pipe

@@ -1,12 +1,11 @@
-"""PNG output: numbered files written atomically that never replace another, with two text chunks —
-`parameters` in AUTOMATIC1111's infotext format (so A1111, ComfyUI and civitai read it) and `imagegen`, a JSON
-object with every parameter (what `--from-png` reads back). No torch here.
+"""PNG output: numbered files written atomically that never replace another, with two text chunks of the image's
+GenerationRecord — `parameters` in AUTOMATIC1111's infotext format (so A1111, ComfyUI and civitai read it) and
+`imagegen`, its JSON (what `--from-png` reads back). No torch here.
 """
 from __future__ import annotations
 
 import io
 import itertools
-import json
 import os
 import re
 import tempfile
@@ -19,39 +18,7 @@ JSON_CHUNK = "imagegen"
 INFOTEXT_CHUNK = "parameters"
 NUMBER_DIGITS = 5
 PUBLISHED_MODE = 0o644
-SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM++ 2M", "euler": "Euler", "euler_a": "Euler a",
-                 "unipc": "UniPC", "unclip": "unCLIP"}
 _NUMBERED = re.compile(r"^(\d+)-")
-
-
-def _quote(value) -> str:
-    """A1111's rule: values holding a comma, colon or newline are written as JSON strings."""
-    text = str(value)
-    if not any(ch in text for ch in ",:\n"):
-        return text
-    return json.dumps(text, ensure_ascii=False)
-
-
-def infotext(record: dict) -> str:
-    fields = {
-        "Steps": record["steps"],
-        "Sampler": SAMPLER_NAMES.get(record["scheduler"], record["scheduler"]),
-        "CFG scale": record["guidance"],
-        "Seed": record["seed"],
-        "Size": f"{record['width']}x{record['height']}",
-        "Model": record["model"],
-        "Prior steps": record["prior_steps"],
-        "Prior sampler": SAMPLER_NAMES.get(record["prior_scheduler"], record["prior_scheduler"]),
-        "Prior CFG scale": record["prior_guidance"],
-        "Prior seed": record["prior_seed"],
-    }
-    fields.update(record.get("extra_infotext", {}))
-    fields["Version"] = f"imagegen {record['version']}"
-    lines = [record["prompt"]]
-    if record.get("negative_prompt"):
-        lines.append(f"Negative prompt: {record['negative_prompt']}")
-    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in fields.items()))
-    return "\n".join(lines)
 
 
 def next_number(folder: Path) -> int:
@@ -81,18 +48,23 @@ def publish(data: bytes, folder: str | Path, names: Iterator[str]) -> Path:
         os.unlink(tmp_name)
 
 
-def save_png(image, record: dict, folder: str | Path) -> Path:
-    """Write `NNNNN-<seed>.png` (the next free number) into folder, with both metadata chunks."""
+def png_bytes(image, record) -> bytes:
+    """A PNG file holding the image and both metadata chunks of its GenerationRecord."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    info.add_text(INFOTEXT_CHUNK, infotext(record))
-    info.add_text(JSON_CHUNK, json.dumps(record, ensure_ascii=False))
+    info.add_text(INFOTEXT_CHUNK, record.to_infotext())
+    info.add_text(JSON_CHUNK, record.to_json())
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def save_png(image, record, folder: str | Path) -> Path:
+    """Write `NNNNN-<seed>.png` (the next free number) into folder, with both metadata chunks."""
     first = next_number(Path(folder)) if Path(folder).is_dir() else 1
-    names = (f"{n:0{NUMBER_DIGITS}d}-{record['seed']}.png" for n in itertools.count(first))
-    return publish(buffer.getvalue(), folder, names)
+    names = (f"{n:0{NUMBER_DIGITS}d}-{record.seed}.png" for n in itertools.count(first))
+    return publish(png_bytes(image, record), folder, names)
 
 
 def write_new_file(path: str | Path, data: bytes) -> Path:
@@ -102,21 +74,30 @@ def write_new_file(path: str | Path, data: bytes) -> Path:
     return publish(data, path.parent, names)
 
 
-def read_record(path: str | Path) -> dict:
-    """The JSON parameters imagegen stored in a PNG; a one-line UserError for anything else."""
+def read_text_chunks(source) -> dict:
+    """The text chunks of a PNG (a path or a binary file); a one-line UserError for anything that is not an image."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            text = image.text.get(JSON_CHUNK) if hasattr(image, "text") else None
-    except (OSError, UnidentifiedImageError) as err:
-        raise UserError(f"cannot read {str(path)!r} as a PNG: {err}") from None
+        with Image.open(source) as image:
+            image.load()
+            return dict(getattr(image, "text", {}) or {})
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise UserError(f"cannot read {str(getattr(source, 'name', source))!r} as a PNG: {err}") from None
+
+
+def read_record(path: str | Path):
+    """The GenerationRecord imagegen stored in a PNG; a one-line UserError for anything else."""
+    from .record import GenerationRecord
+
+    text = read_text_chunks(path).get(JSON_CHUNK)
     if text is None:
-        raise UserError(f"{str(path)!r} holds no imagegen metadata (no '{JSON_CHUNK}' text chunk); only PNGs written by imagegen can be regenerated")
+        raise UserError(f"{str(path)!r} holds no imagegen metadata (no '{JSON_CHUNK}' text chunk); only PNGs written "
+                        "by imagegen can be regenerated")
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise UserError(f"the imagegen metadata in {str(path)!r} is not valid JSON") from None
+        return GenerationRecord.from_json(text)
+    except UserError as err:
+        raise UserError(f"the imagegen metadata in {str(path)!r}: {err}") from None
 
 
 def check_writable_folder(folder: str | Path) -> None:
@@ -127,5 +108,11 @@ def check_writable_folder(folder: str | Path) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise UserError(f"output folder {str(folder)!r} cannot be created: {str(probe)!r} is a file")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {str(folder)!r} is not writable")
+    # A real probe file, not os.access: root passes every permission check, yet /proc or a read-only mount refuse.
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".probe-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise UserError(f"output folder {str(folder)!r} is not writable (cannot create a file in {str(probe)!r}: "
+                        f"{err.strerror})") from None

@@ -73,14 +73,16 @@ def _resolve_ref(ref: str, base: Path) -> str:
 
 def load_preset_file(path: Path) -> Preset:
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise UserError(f"cannot read preset {str(path)!r}: {err}") from None
     for key in ("prior", "decoder"):
         if not isinstance(data.get(key), str):
             raise UserError(f"preset {str(path)!r} has no '{key}' entry (a folder or a hub id)")
     prior_defaults = data.get("prior_defaults", {})
     decoder_defaults = data.get("decoder_defaults", {})
+    if not isinstance(prior_defaults, dict) or not isinstance(decoder_defaults, dict):
+        raise UserError(f"preset {str(path)!r}: prior_defaults and decoder_defaults must be tables")
     try:
         prior_settings = replace(PriorSettings(), **prior_defaults)
         decoder_settings = replace(DecoderSettings(), **decoder_defaults)

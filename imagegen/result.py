@@ -1,12 +1,16 @@
-"""What a generation returns: images, the seeds they were made from, and every parameter, ready to save as PNG."""
+"""What a generation takes and returns: mix items in, images out with one GenerationRecord each, ready to save."""
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
 from .errors import UserError
+from .record import GenerationRecord, MixPart
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+PROMPT_QUOTE_CHARS = 60  # an error quotes at most this much of a prompt
 
 
 @dataclass
@@ -18,21 +22,45 @@ class MixItem:
     weight: float = 1.0
     image_path: str | None = None
 
+    @classmethod
+    def from_file(cls, path: str | Path, weight: float = 1.0) -> "MixItem":
+        return cls(image=load_image(Path(path)), weight=weight, image_path=str(path))
+
     def validate(self) -> None:
         if (self.text is None) == (self.image is None):
             raise UserError("a mix item is either a text or an image")
-        if self.text is not None and not self.text.strip():
-            raise UserError("a prompt must not be empty")
+        if self.text is not None:
+            if not self.text.strip():
+                raise UserError("a prompt must not be empty")
+            check_prompt_text(self.text, "the prompt")
         if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight):
             raise UserError(f"a mix weight must be a finite number, got {self.weight!r}")
 
-    def record(self) -> dict:
+    def part(self) -> MixPart:
         if self.text is not None:
-            return {"text": self.text, "weight": self.weight}
-        return {"image": self.image_path or "<in-memory image>", "weight": self.weight}
+            return MixPart(weight=self.weight, text=self.text)
+        return MixPart(weight=self.weight, image=self.image_path or "<in-memory image>")
 
     def label(self) -> str:
         return self.text if self.text is not None else f"image {self.image_path or '<in-memory>'}"
+
+
+def check_prompt_text(text: str, where: str) -> None:
+    """Refuse control characters (NUL and the like; newlines and tabs are text): they reach no tokenizer intact."""
+    bad = next((i for i, ch in enumerate(text) if unicodedata.category(ch) == "Cc" and ch not in "\n\t"), None)
+    if bad is not None:
+        raise UserError(f"{where} holds the control character {text[bad]!r} at position {bad} "
+                        f"(in {text[:PROMPT_QUOTE_CHARS]!r}); remove it")
+
+
+def load_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError):
+        raise UserError(f"cannot read image {str(path)!r}; give a PNG, JPEG or WebP file") from None
 
 
 def describe_mix(items: list[MixItem]) -> str:
@@ -45,70 +73,19 @@ def describe_mix(items: list[MixItem]) -> str:
 @dataclass
 class GenerationResult:
     images: list  # PIL images
-    records: list[dict] = field(default_factory=list)  # one dict of every parameter per image
+    records: list[GenerationRecord] = field(default_factory=list)  # one per image
     pixels: object = None  # float numpy array (B, H, W, 3) in [0, 1], before rounding to 8 bits
 
     @property
     def seeds(self) -> list[int]:
-        return [r["seed"] for r in self.records]
+        return [r.seed for r in self.records]
 
     @property
     def prior_seeds(self) -> list[int]:
-        return [r["prior_seed"] for r in self.records]
-
-    @classmethod
-    def build(cls, images, pipe, items, negative_prompt, seeds, prior_seeds, prior, decoder) -> "GenerationResult":
-        shared = {
-            "prompt": describe_mix(items),
-            "negative_prompt": negative_prompt,
-            "mix": [item.record() for item in items],
-            "model": pipe.model.name,
-            "model_ref": pipe.model.ref,
-            "steps": decoder.steps,
-            "guidance": decoder.guidance,
-            "scheduler": decoder.scheduler,
-            "width": decoder.width,
-            "height": decoder.height,
-            "prior_steps": prior.steps,
-            "prior_guidance": prior.guidance,
-            "prior_scheduler": prior.scheduler,
-            "device": pipe.runtime.device,
-            "dtype": str(pipe.dtype).removeprefix("torch."),
-            "attention": pipe.attention_backend,
-            "batch_size": len(seeds),
-            "batch_seed": seeds[0],
-            "batch_prior_seed": prior_seeds[0],
-            "version": __version__,
-        }
-        loras = pipe.active_lora_records()
-        if loras:
-            shared["loras"] = loras
-            shared["extra_infotext"] = {
-                "Lora hashes": ", ".join(f"{r['name']}: {r['hash']}" for r in shared["loras"]),
-                "Loras": ", ".join(f"{r['name']}:" + ":".join(f"{k}={v:g}" for k, v in r["weights"].items())
-                                   + "".join(f":{k}={v:g}" for k, v in zip(("start", "stop"), r.get("window", ())))
-                                   for r in shared["loras"]),
-            }
-        records = [
-            {**shared, "seed": s, "prior_seed": ps, "batch_index": i}
-            for i, (s, ps) in enumerate(zip(seeds, prior_seeds))
-        ]
-        return cls(images=list(images), records=records)
+        return [r.prior_seed for r in self.records]
 
     def save(self, folder: str | Path) -> list[Path]:
-        """Write each image as a numbered PNG with its parameters; never replaces an existing file."""
+        """Write each image as a numbered PNG with its record; never replaces an existing file."""
         from .png import save_png
 
         return [save_png(image, record, folder) for image, record in zip(self.images, self.records)]
-
-
-def settings_from_record(record: dict):
-    """The PriorSettings and DecoderSettings a record was made with."""
-    from .settings import DecoderSettings, PriorSettings
-
-    prior = PriorSettings(steps=record["prior_steps"], guidance=record["prior_guidance"],
-                          scheduler=record["prior_scheduler"])
-    decoder = DecoderSettings(steps=record["steps"], guidance=record["guidance"], scheduler=record["scheduler"],
-                              width=record["width"], height=record["height"])
-    return prior, decoder
-

@@ -121,10 +121,14 @@ def test_mix_and_variations_from_the_command_line(tiny_model_dir, tmp_path, caps
     (["--attention", "xformers"], "attention 'xformers' needs a CUDA device"),
     (["--steps", "many"], "argument --steps: invalid int value: 'many'"),
     (["--mix", "x.png:0.5"], "cannot read image 'x.png'"),
+    (["a red circle", "--mix", "a blue square"], "give one of PROMPT, --prompts-file, --mix, --variations-of, "
+                                                 "--from-png; got PROMPT and --mix"),
+    (["a red circle", "--batch-size", "4"], "--batch-size applies to --prompts-file only"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_model_dir, tmp_path, capsys, args, message):
     out = tmp_path / "out"
-    code, stdout, err = run(capsys, "a red circle", "--model", tiny_model_dir, "--out", out, *FAST, *args)
+    prompt = [] if args[0] == "--mix" or not args[0].startswith("-") else ["a red circle"]  # one input mode per case
+    code, stdout, err = run(capsys, *prompt, "--model", tiny_model_dir, "--out", out, *FAST, *args)
     assert code == 2 and stdout == ""
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert not out.exists()

@@ -1,6 +1,7 @@
 """`imagegen eval`'s machinery: grammar prompts, scoring through the oracle, the report files."""
 import json
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
@@ -32,7 +33,7 @@ class RenderingPipe:
             rng = np.random.default_rng(seed + i)
             attrs = shapes.sample_attributes(rng, fixed=stated)
             images.append(Image.fromarray(shapes.render(attrs, rng)))
-            records.append({"seed": seed + i, "prior_seed": seed + i})
+            records.append(SimpleNamespace(seed=seed + i, prior_seed=seed + i))
         return Result(images, records)
 
 
@@ -70,7 +71,7 @@ def test_a_wrong_shape_is_caught_and_marked_red():
 
 
 def test_heart_and_outline_prompts_are_scored_on_the_new_concept():
-    from imagegen.commands.measure import PROMPT_KINDS
+    from imagegen.commands.eval import PROMPT_KINDS
 
     hearts = grammar_prompts(20, seed=2, **PROMPT_KINDS["heart"])
     outlines = grammar_prompts(20, seed=2, **PROMPT_KINDS["outline"])

@@ -60,3 +60,22 @@ def test_outline_adapter_draws_outlines_keeping_colour_and_shape(shapes_pipe, mo
     assert "outline" not in [r.style for r in readings(base)]
     shapes_pipe.unload_lora("outline")
     assert np.array_equal(shapes_pipe(prompt, seed=seed, **FAST).pixels, base.pixels)
+
+
+@pytest.mark.parametrize("spec", ["heart", "heart:0.8", "heart:unet=1:prior=0.5"])
+def test_python_api_takes_adapter_specs_as_text(shapes_pipe, monkeypatch, spec):
+    """`pipe(prompt, loras=["heart"])`: the same as the LoraRequest it names, recorded with its weights."""
+    from imagegen import LoraRequest
+    from imagegen.lora.requests import parse_spec
+
+    monkeypatch.chdir(REPO)
+    prompt, seed = "a red heart on a blue background", 3
+    by_text = shapes_pipe(prompt, seed=seed, loras=[spec], **FAST)
+    by_request = shapes_pipe(prompt, seed=seed, loras=[parse_spec(spec)], **FAST)
+    assert isinstance(parse_spec(spec), LoraRequest)
+    assert np.array_equal(by_text.pixels, by_request.pixels)
+    assert by_text.records[0].loras[0].name == "heart"
+    assert by_text.records[0].loras[0].weights == parse_spec(spec).weights
+    if spec == "heart":
+        assert [r.shape for r in readings(by_text)] == ["heart", "heart"]
+    shapes_pipe.unload_lora()

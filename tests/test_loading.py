@@ -30,7 +30,7 @@ def test_preset_file_with_relative_paths(tiny_model_dir, tmp_path):
     pipe = imagegen.load_pipeline(str(preset))
     assert pipe.model.name == "mini" and pipe.model.decoder_defaults.steps == 3
     result = pipe("a red circle", seed=0, progress=False)
-    assert result.images[0].size == (32, 32) and result.records[0]["model"] == "mini"
+    assert result.images[0].size == (32, 32) and result.records[0].model == "mini"
 
 
 def test_autoencoder_kl_as_movq_decodes_with_its_scaling_factor(tmp_path):

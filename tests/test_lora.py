@@ -12,6 +12,7 @@ from PIL import Image
 import imagegen
 from imagegen.cli import main
 from imagegen.errors import UserError
+from imagegen.record import parse_params_line
 from imagegen.lora import formats
 from imagegen.lora.requests import LoraRequest, parse_spec, split_prompt
 from imagegen.settings import DecoderSettings, PriorSettings
@@ -190,8 +191,9 @@ def test_a_step_window_applies_the_unet_part_to_those_decoder_steps_only(pipe, l
     assert np.abs(late.pixels - full).max() > 1e-4 and np.abs(late.pixels - base).max() > 1e-4
     assert np.array_equal(run("a:0.7").pixels, full)  # the adapter is whole again after a windowed generation
     record = late.records[0]
-    assert record["loras"][0]["window"] == [0.5, 1.0] and "a:unet=0.7" in record["extra_infotext"]["Loras"]
-    assert record["extra_infotext"]["Loras"].endswith(":start=0.5:stop=1")
+    loras_field = parse_params_line(record.to_infotext().rpartition("\n")[2])["Loras"]
+    assert record.loras[0].window == (0.5, 1.0) and "a:unet=0.7" in loras_field
+    assert loras_field.endswith(":start=0.5:stop=1")
     request = parse_spec("a:unet=1:vae=0.5:stop=0.8")
     assert request.window == (0.0, 0.8) and request.weights["vae"] == 0.5 and parse_spec(request.describe()) == request
     with pytest.raises(UserError, match="start 0.6 and stop 0.5 must be fractions of the steps"):
@@ -273,10 +275,10 @@ def test_grid_rows_use_exactly_the_adapters_their_tags_name(pipe, lora_dir, tiny
     """A row without tags is the base model even after a row with <lora:...> (as A1111's prompt grids)."""
     from dataclasses import replace
 
-    from imagegen import api
+    from imagegen import loading
     from imagegen.grid import LABEL_WIDTH
 
-    monkeypatch.setattr(api, "load_pipeline", lambda *args, **kwargs: pipe)  # the already loaded tiny pipeline
+    monkeypatch.setattr(loading, "load_pipeline", lambda *args, **kwargs: pipe)  # the already loaded tiny pipeline
     monkeypatch.setattr(pipe, "model", replace(pipe.model, prior_defaults=PRIOR, decoder_defaults=DECODER))  # fast
     write(lora_dir, "style", pipe, ("unet",), seed=3)
     (lora_dir / "tagged.txt").write_text("a red circle <lora:style:1>\na red circle\n")

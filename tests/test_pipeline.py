@@ -63,7 +63,7 @@ def test_same_seed_gives_identical_images(tiny_pipe, fast_settings):
     a = tiny_pipe(PROMPT, seed=3, prior=prior, decoder=decoder, progress=False)
     b = tiny_pipe(PROMPT, seed=3, prior=prior, decoder=decoder, progress=False)
     assert np.array_equal(a.pixels, b.pixels)
-    assert a.records[0]["seed"] == 3 and a.records[0]["prior_seed"] == 3
+    assert a.records[0].seed == 3 and a.records[0].prior_seed == 3
 
 
 @pytest.mark.parametrize("name", list(DECODER_SCHEDULERS))
@@ -72,7 +72,7 @@ def test_every_decoder_scheduler_denoises_and_is_reset_between_calls(tiny_pipe, 
     decoder = replace(decoder, scheduler=name)
     result = tiny_pipe(PROMPT, seed=1, prior=prior, decoder=decoder, progress=False)
     assert np.isfinite(result.pixels).all()
-    assert result.records[0]["scheduler"] == name
+    assert result.records[0].decoder.scheduler == name
     again = tiny_pipe(PROMPT, seed=1, prior=prior, decoder=decoder, progress=False)  # same scheduler instance
     assert np.array_equal(result.pixels, again.pixels)
 
@@ -80,21 +80,21 @@ def test_every_decoder_scheduler_denoises_and_is_reset_between_calls(tiny_pipe, 
 def test_prior_ddpm_scheduler_differs_from_unclip_but_is_finite(tiny_pipe, fast_settings):
     prior, _ = fast_settings
     seeds = [4]
-    unclip = tiny_pipe.sample_prior([PROMPT], "", seeds, prior, False)
-    ddpm = tiny_pipe.sample_prior([PROMPT], "", seeds, replace(prior, scheduler="ddpm"), False)
+    unclip = tiny_pipe.sample_prior([PROMPT], [""], seeds, prior)
+    ddpm = tiny_pipe.sample_prior([PROMPT], [""], seeds, replace(prior, scheduler="ddpm"))
     assert torch.isfinite(ddpm).all() and not torch.allclose(unclip, ddpm)
 
 
 def test_mixing_is_the_weighted_sum_of_image_embeddings(tiny_pipe, fast_settings):
     prior, _ = fast_settings
     seeds = [0, 1]
-    red, _ = tiny_pipe.image_embeddings([MixItem(text="a red circle")], "", seeds, prior, False)
-    blue, _ = tiny_pipe.image_embeddings([MixItem(text="a blue square")], "", seeds, prior, False)
+    red, _ = tiny_pipe.image_embeddings([[MixItem(text="a red circle")]] * 2, ["", ""], seeds, prior)
+    blue, _ = tiny_pipe.image_embeddings([[MixItem(text="a blue square")]] * 2, ["", ""], seeds, prior)
     image = Image.new("RGB", (40, 40), (200, 30, 30))
     picture = tiny_pipe.embed_image(image)
     mixed, negative = tiny_pipe.image_embeddings(
-        [MixItem(text="a red circle", weight=0.7), MixItem(text="a blue square", weight=0.3),
-         MixItem(image=image, weight=0.5)], "", seeds, prior, False)
+        [[MixItem(text="a red circle", weight=0.7), MixItem(text="a blue square", weight=0.3),
+         MixItem(image=image, weight=0.5)]] * 2, ["", ""], seeds, prior)
     assert torch.allclose(mixed, 0.7 * red + 0.3 * blue + 0.5 * picture, atol=1e-6)
     assert torch.equal(negative, tiny_pipe.zero_image_embed().repeat(2, 1))
 
@@ -107,8 +107,8 @@ def test_variations_follow_the_image_embedding(tiny_pipe, fast_settings):
     expected = tiny_pipe.image_encoder(
         tiny_pipe.image_processor(images=image, return_tensors="pt").pixel_values).image_embeds
     assert torch.allclose(tiny_pipe.embed_image(image), expected)
-    assert result.records[0]["mix"] == [{"image": "blue.png", "weight": 1.0}]
-    assert result.records[0]["prompt"] == "image blue.png:1"
+    assert [m.to_dict() for m in result.records[0].mix] == [{"image": "blue.png", "weight": 1.0}]
+    assert result.records[0].prompt == "image blue.png:1"
 
 
 def test_single_weight_one_mix_equals_plain_prompt(tiny_pipe, fast_settings):
@@ -186,11 +186,11 @@ def test_text_reading_decoder_gets_the_prompt_tokens(tmp_path, fast_settings):
     assert pipe.decoder_reads_text
     embeds = pipe.zero_image_embed().repeat(1, 1) + 0.1
     seeds = [3]
-    red = pipe.denoise(embeds, embeds * 0, seeds, decoder, False, pipe.decoder_text_states([MixItem(text="a red circle")], "", 1))
-    blue = pipe.denoise(embeds, embeds * 0, seeds, decoder, False, pipe.decoder_text_states([MixItem(text="a blue star")], "", 1))
+    red = pipe.denoise(embeds, embeds * 0, seeds, decoder, None, pipe.decoder_text_states([[MixItem(text="a red circle")]], [""]))
+    blue = pipe.denoise(embeds, embeds * 0, seeds, decoder, None, pipe.decoder_text_states([[MixItem(text="a blue star")]], [""]))
     assert (red - blue).abs().max() > 1e-4  # same image embedding, different tokens
-    negative, positive = pipe.decoder_text_states([MixItem(text="a red circle")], "dark", 2)
-    expected = pipe.encode_text(["dark", "a red circle"])[1]
-    assert torch.equal(negative[1], expected[0]) and torch.equal(positive[0], expected[1])
+    negative, positive = pipe.decoder_text_states([[MixItem(text="a red circle")]] * 2, ["dark", "dark"])
+    dark, red_tokens = pipe.encode_text(["dark"])[1], pipe.encode_text(["a red circle"])[1]
+    assert torch.equal(negative[1], dark[0]) and torch.equal(positive[0], red_tokens[0])
     result = pipe(PROMPT, seed=1, prior=prior, decoder=decoder, progress=False)
     assert np.isfinite(result.pixels).all()

@@ -18,8 +18,9 @@ from imagegen.cli import main
 from imagegen.data import shapes
 from imagegen.lora import files
 from imagegen.settings import DecoderSettings, PriorSettings
-from imagegen.train import lora_checkpoints
-from imagegen.train.lora import LoraOptions, train_lora
+from imagegen.train.lora import checkpoints as lora_checkpoints
+from imagegen.train.lora.options import LoraOptions
+from imagegen.train.lora.train import train_lora
 
 PRIOR, DECODER = PriorSettings(steps=3), DecoderSettings(steps=3, width=32, height=32)
 
@@ -235,7 +236,7 @@ def test_vae_component_learns_to_redraw_the_training_images(data, tiny_model_dir
     off exactly; it survives the kohya round trip (`lora_vae_`) and unloads bit-exactly."""
     from imagegen.lora import formats
     from imagegen.pipeline import UnCLIPPipeline
-    from imagegen.train import lora_data
+    from imagegen.train.lora import data as lora_data
 
     result = train_lora(options(data, tiny_model_dir, tmp_path, components=("vae",), steps=10, lr=3e-3, batch_size=4,
                                 grad_accum=1, vae_batch_size=3), progress=False)
@@ -355,7 +356,7 @@ def test_two_process_cpu_data_parallel_run_writes_one_adapter(data, tiny_model_d
     out = tmp_path / "adapters"
     accelerate = Path(sys.executable).parent / "accelerate"
     command = [str(accelerate), "launch", "--num_processes", "2", "--cpu", "--main_process_port", str(free_port()),
-               "-m", "imagegen.train.lora", str(data), "--name", "hearts", "--base", str(tiny_model_dir),
+               "-m", "imagegen", "train-lora", str(data), "--name", "hearts", "--base", str(tiny_model_dir),
                "--components", "unet,prior,text_encoder", "--steps", "3", "--batch-size", "2", "--lr", "1e-2",
                "--resolution", "32", "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

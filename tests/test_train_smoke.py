@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from imagegen.errors import UserError
-from imagegen.train.config import STAGES, TrainSettings, load_config, to_toml
+from imagegen.train.base.config import STAGES, TrainSettings, load_config, to_toml
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "shapes.toml"
 STEPS = {"max_steps": 2, "warmup_steps": 1, "batch_size": 8, "minutes": 5.0}
@@ -31,7 +31,7 @@ def tiny_overrides(runs_dir: Path) -> dict:
 def test_train_base_writes_a_loadable_model_and_resume_skips_finished_stages(tmp_path):
     import imagegen
     from imagegen.settings import DecoderSettings, PriorSettings
-    from imagegen.train.run import train_base
+    from imagegen.train.base.run import train_base
 
     overrides = tiny_overrides(tmp_path / "runs")
     out = tmp_path / "model"
@@ -65,7 +65,7 @@ def test_a_run_can_continue_finished_stages_with_one_tower_frozen(tmp_path):
     the text tower learns (its heads read the stated attributes), and a frozen text tower while the image tower learns."""
     from safetensors.torch import load_file
 
-    from imagegen.train.run import train_base
+    from imagegen.train.base.run import train_base
 
     runs = tmp_path / "runs"
     overrides = tiny_overrides(runs)
@@ -108,7 +108,7 @@ def test_a_run_can_continue_finished_stages_with_one_tower_frozen(tmp_path):
 
 
 def test_a_stopped_stage_resumes_from_its_checkpoint(tmp_path):
-    from imagegen.train import loop
+    from imagegen.train.base import loop
 
     run = load_config(CONFIG).run
     settings = TrainSettings(seed=0, batch_size=1, lr=1e-2, weight_decay=0.0, adam_betas=(0.9, 0.999),

@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..pickles import is_pickle
+from ..tokens import tokenize
 
 CLIP_LOGIT_SCALE = 100.0
 PIPELINE_CLIP_COMPONENTS = ("text_encoder", "tokenizer", "image_encoder", "image_processor")
 OPEN_CLIP_PREFIX = "open_clip:"
 OPEN_CLIP_SCHEMAS = ("hf-hub:", "local-dir:")  # model names open_clip resolves itself, config and weights together
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 SCALAR_PARAMETERS = ("logit_scale", "logit_bias")  # stored as shape () or (1,) depending on the model version
 EXAMPLES_SHOWN = 3
 REASON_CHARACTERS = 200  # of a library's error message, quoted in our one line
@@ -75,8 +76,7 @@ class PipelineClip:
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         # Padded to the full length without an attention mask, exactly as UnCLIPPipeline.encode_text feeds the prior.
-        tokens = self.tokenizer(list(texts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
+        tokens = tokenize(self.tokenizer, texts)
         return self.text_encoder(tokens.input_ids.to(self.device)).text_embeds  # (N, D)
 
     def encode_images(self, images: list) -> torch.Tensor:
@@ -261,7 +261,7 @@ def quiet_logging():
 
 def check_checkpoint_file(path: str) -> None:
     file = Path(path)
-    if file.suffix.lower() in PICKLE_SUFFIXES:
+    if is_pickle(file):
         raise UserError(f"checkpoint {path!r} is a pickle file, which can run code when loaded; imagegen reads only "
                         ".safetensors (convert it once with safetensors.torch.save_file(torch.load(...), ...))")
     if file.suffix.lower() != ".safetensors":

@@ -1,4 +1,4 @@
-"""`imagegen models` (no torch: answers at once) and `imagegen train-base`."""
+"""`imagegen models`: the model presets (no torch: answers at once)."""
 from __future__ import annotations
 
 import argparse
@@ -6,21 +6,6 @@ import json
 
 from ..presets import DEFAULT_PRESET
 from .registry import command
-
-
-def add_train_base_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/train/shapes.toml", help="training recipe (TOML)")
-    p.add_argument("--out", help="model folder to write, e.g. imagegen/weights/shapes (prior/ and decoder/)")
-    p.add_argument("--resume", action="store_true", help="continue the run: skip finished stages, resume the current")
-    p.add_argument("--smoke", action="store_true", help="~5 steps per stage, an end-to-end check of the code")
-
-
-@command("train-base", "train the embedded shapes model from scratch: CLIP -> VAE -> prior -> decoder", add_train_base_arguments)
-def run_train_base(args) -> int:
-    from ..train.run import main as train_main
-
-    argv = ["--config", args.config] + (["--out", args.out] if args.out else [])
-    return train_main(argv + ["--resume"] * args.resume + ["--smoke"] * args.smoke)
 
 
 def add_models_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,5 +28,3 @@ def run_models(args) -> int:
         default = " (default)" if p.name == DEFAULT_PRESET else ""
         print(f"{p.name:<{width}}  {p.availability():<8} {p.description}{default}")
     return 0
-
-

@@ -6,6 +6,9 @@ anti-aliasing and described by a tiny English grammar:
 
     a [size] [colour] [outlined] <shape> [position] [on a <colour> background]
 
+The vocabularies are in ``imagegen.data.attributes``, the grammar (both ways) in ``imagegen.data.captions``; this
+module draws, renders and writes the images, and names everything of the other two as well.
+
 Design:
 * One ``numpy.random.Generator`` (PCG64) is consumed in a fixed order - attributes, then colour jitter,
   then caption - so a seed fully determines the data, and ``batches`` is simply ``generate`` continued.
@@ -20,14 +23,21 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from types import MappingProxyType
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
+
+# The vocabularies and the grammar live in their own modules; shapes.X names them all, as it always did.
+from .attributes import (  # noqa: F401
+    ALL_SHAPES, ATTRIBUTE_NAMES, COLOUR_NAMES, COLOURS, POSITIONS, SHAPES, SIZE_RADII, SIZES, STYLES, VOCABULARY,
+    ShapeAttributes, check_labels,
+)  # fmt: skip
+from .captions import (  # noqa: F401
+    CAPTION_KEEP_PROBABILITY, PARAPHRASE_PROBABILITY, PARAPHRASES, caption, caption_from, full_caption, parse_prompt,
+)  # fmt: skip
 
 # --- Spec constants (lengths are fractions of the image side unless marked _PX) ---------------------------
 
@@ -36,9 +46,6 @@ SUPERSAMPLING = 4  # the mask is drawn at 4x and box-filtered down: that is the 
 # PIL fills polygons inclusively: every edge lands 0.25-0.5 (on average 0.35) drawing pixels too far out.
 PIL_FILL_OVERREACH = 0.35
 
-SHAPES = ("circle", "square", "triangle", "star", "cross")
-ALL_SHAPES = SHAPES + ("heart",)  # the heart is held out: the base model never sees it
-
 SQUARE_HALF_SIDE = 0.85  # x r
 STAR_POINTS = 5
 STAR_INNER_RADIUS = 0.45  # x r
@@ -46,66 +53,17 @@ CROSS_HALF_THICKNESS = 0.33  # x r
 CIRCLE_VERTICES = 96  # a 96-gon has 99.93% of the disc's area
 HEART_VERTICES = 72
 
-COLOURS = MappingProxyType({
-    "red": (220, 40, 40), "orange": (245, 140, 20), "yellow": (240, 220, 30), "green": (40, 170, 60),
-    "blue": (40, 80, 220), "purple": (140, 50, 190), "white": (245, 245, 245), "black": (20, 20, 20),
-})  # fmt: skip
-COLOUR_NAMES = tuple(COLOURS)
 COLOUR_JITTER = 12  # uniform, per channel, on 0..255
-
-SIZE_RADII = MappingProxyType({"small": 0.14, "medium": 0.22, "large": 0.32})
-SIZES = tuple(SIZE_RADII)
 SIZE_JITTER = 0.10  # relative, uniform
 
 GRID_CENTRES = (0.28, 0.5, 0.72)  # row 0 is the top
 POSITION_JITTER = 0.04
 EDGE_MARGIN_PX = 2  # pure background kept around every shape, so the border always shows the background
-POSITIONS = (
-    "at the top left", "at the top", "at the top right",
-    "at the left", "in the center", "at the right",
-    "at the bottom left", "at the bottom", "at the bottom right",
-)  # fmt: skip
 
-STYLES = ("filled", "outline")
 OUTLINE_WIDTH_PX = 3.0
 # A 3-px line would fill a small star or cross completely; the line is thinned to at most this fraction
 # of the shape's inscribed radius so that an outlined shape always shows background inside.
 OUTLINE_MAX_INRADIUS_FRACTION = 0.5
-
-CAPTION_KEEP_PROBABILITY = MappingProxyType({"colour": 0.8, "size": 0.5, "position": 0.5, "background": 0.6})
-PARAPHRASE_PROBABILITY = 0.2
-PARAPHRASES = (
-    "a picture of {a_thing}{on_background}",
-    "an image of {a_thing}{on_background}",
-    "a drawing of {a_thing}{on_background}",
-    "{thing}{on_background}",
-    "{thing}{comma_background}",
-)
-
-ATTRIBUTE_NAMES = ("shape", "colour", "background", "size", "position", "style")
-_VOCABULARY = {
-    "shape": ALL_SHAPES, "colour": COLOUR_NAMES, "background": COLOUR_NAMES,
-    "size": SIZES, "position": POSITIONS, "style": STYLES,
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ShapeAttributes:
-    """What one image shows: the discrete labels plus the continuous geometry actually drawn."""
-
-    shape: str
-    colour: str
-    background: str
-    size: str
-    position: str
-    style: str
-    r: float  # size radius, fraction of the side
-    cx: float  # centre, fractions of the side, y pointing down
-    cy: float
-
-    def labels(self) -> dict[str, str]:
-        return {name: getattr(self, name) for name in ATTRIBUTE_NAMES}
-
 
 # --- Geometry -------------------------------------------------------------------------------------------
 
@@ -235,20 +193,12 @@ def render_mask(shape: str, r: float, cx: float, cy: float, style: str = "filled
 # --- Sampling and rendering -----------------------------------------------------------------------------
 
 
-def _check_labels(labels: Mapping[str, str]) -> None:
-    for name, value in labels.items():
-        if name not in _VOCABULARY:
-            raise ValueError(f"unknown attribute {name!r}; expected some of {ATTRIBUTE_NAMES}")
-        if value not in _VOCABULARY[name]:
-            raise ValueError(f"unknown {name} {value!r}; expected one of {_VOCABULARY[name]}")
-
-
 def sample_attributes(rng: np.random.Generator, shapes: Sequence[str] = SHAPES, style: str = "filled",
                       fixed: Mapping[str, str] | None = None) -> ShapeAttributes:  # fmt: skip
     """Draw one image's attributes; ``fixed`` (e.g. from ``parse_prompt``) forces some of them."""
     fixed = {name: value for name, value in (fixed or {}).items() if value is not None}
     fixed.setdefault("style", style)
-    _check_labels(fixed)
+    check_labels(fixed)
     if fixed.get("colour") is not None and fixed.get("colour") == fixed.get("background"):
         raise ValueError(f"the shape cannot have its background's colour ({fixed['colour']})")
     # Every random number is drawn whatever is forced, so forcing one attribute leaves the others of the
@@ -289,82 +239,6 @@ def render(attrs: ShapeAttributes, rng: np.random.Generator) -> np.ndarray:
     coverage = render_mask(attrs.shape, attrs.r, attrs.cx, attrs.cy, attrs.style)[..., None]
     shape_rgb, background_rgb = _jittered_colour(attrs.colour, rng), _jittered_colour(attrs.background, rng)
     return np.rint(background_rgb + coverage * (shape_rgb - background_rgb)).astype(np.uint8)
-
-
-# --- Captions -------------------------------------------------------------------------------------------
-
-
-def _with_article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
-def _describe(shape: str, style: str, size=None, colour=None, position=None) -> str:
-    words = [size, colour, "outlined" if style == "outline" else None, shape, position]
-    return " ".join(word for word in words if word)
-
-
-def full_caption(attrs: ShapeAttributes) -> str:
-    """The canonical sentence stating every attribute."""
-    thing = _describe(attrs.shape, attrs.style, attrs.size, attrs.colour, attrs.position)
-    return f"{_with_article(thing)} on {_with_article(attrs.background)} background"
-
-
-def caption(attrs: ShapeAttributes, rng: np.random.Generator, p_keep: Mapping[str, float] | None = None) -> str:
-    """A random caption that states the shape, the style if outlined, and each other attribute with
-    probability ``p_keep[name]``; one in five captions uses a paraphrase, so short prompts also work."""
-    keep_probability = {**CAPTION_KEEP_PROBABILITY, **(p_keep or {})}
-    if keep_probability.keys() != CAPTION_KEEP_PROBABILITY.keys():
-        raise ValueError(f"p_keep may only set {tuple(CAPTION_KEEP_PROBABILITY)}, not {sorted(p_keep)}")
-    draws = rng.random(len(keep_probability) + 2)  # one per optional attribute, paraphrase?, which one
-    kept = {name: getattr(attrs, name) for name, u in zip(keep_probability, draws) if u < keep_probability[name]}
-    thing = _describe(attrs.shape, attrs.style, kept.get("size"), kept.get("colour"), kept.get("position"))
-    background = kept.get("background")
-    parts = {
-        "thing": thing,
-        "a_thing": _with_article(thing),
-        "on_background": f" on {_with_article(background)} background" if background else "",
-        "comma_background": f", {background} background" if background else "",
-    }
-    if draws[-2] < PARAPHRASE_PROBABILITY:
-        return PARAPHRASES[int(draws[-1] * len(PARAPHRASES))].format(**parts)
-    return "{a_thing}{on_background}".format(**parts)
-
-
-_VERTICAL = {"top": 0, "bottom": 2}
-_HORIZONTAL = {"left": 0, "right": 2}
-_CENTRE_WORDS = ("center", "centre", "middle")
-
-
-def parse_prompt(text: str) -> dict[str, str]:
-    """The attributes a prompt states, as ``{name: value}`` with values from the module's vocabularies.
-    Word based, so it reads the grammar, the paraphrases and most hand-written variants."""
-    words = re.findall(r"[a-z]+", text.lower())
-    stated: dict[str, str] = {}
-    row = column = None
-    for index, word in enumerate(words):
-        singular = next((stem for stem in (word, word[:-1], word[:-2]) if stem in ALL_SHAPES), word)  # stars, crosses
-        follower = words[index + 1] if index + 1 < len(words) else ""
-        if word in COLOURS and follower in ("background", "backdrop"):
-            stated.setdefault("background", word)
-        elif word in COLOURS:
-            stated.setdefault("colour", word)
-        elif word in SIZE_RADII:
-            stated.setdefault("size", word)
-        elif singular in ALL_SHAPES:
-            stated.setdefault("shape", singular)
-        elif word in ("outlined", "outline"):
-            stated.setdefault("style", "outline")
-        elif word in ("filled", "solid"):
-            stated.setdefault("style", "filled")
-        elif word in _VERTICAL and row is None:
-            row = _VERTICAL[word]
-        elif word in _HORIZONTAL and column is None:
-            column = _HORIZONTAL[word]
-        elif word in _CENTRE_WORDS:
-            row, column = (1 if row is None else row), (1 if column is None else column)
-    if row is not None or column is not None:
-        stated["position"] = POSITIONS[3 * (1 if row is None else row) + (1 if column is None else column)]
-    return stated
 
 
 # --- Datasets -------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import shapes
+from ..data import captions, shapes
 from . import oracle
 
 SCORED = ("shape", "colour", "background", "size", "position", "style")
@@ -33,12 +33,7 @@ def grammar_prompts(count: int, seed: int, shape_names=shapes.SHAPES, style: str
         stated["shape"] = attrs.shape
         if style != "filled":
             stated["style"] = style
-        words = [stated.get("size"), stated.get("colour"), "outlined" if style == "outline" else None, attrs.shape,
-                 stated.get("position")]
-        thing = " ".join(w for w in words if w)
-        prompt = ("an " if thing[0] in "aeiou" else "a ") + thing
-        if "background" in stated:
-            prompt += f" on a {stated['background']} background"
+        prompt = captions.caption_from(stated)
         prompts.append((prompt, stated))
     return prompts
 
@@ -86,7 +81,7 @@ def evaluate(pipe, prompts: list[tuple[str, dict]], seeds_per_prompt: int, base_
                 hits[name] += bool(correct[name])
             all_hits += bool(correct["all"])
             images.append(image)
-            report.examples.append({"prompt": prompt, "seed": record["seed"], "prior_seed": record["prior_seed"],
+            report.examples.append({"prompt": prompt, "seed": record.seed, "prior_seed": record.prior_seed,
                                     "stated": stated, "read": reading.labels(), "correct": correct})
     report.pairs = len(report.examples)
     report.accuracy = {name: hits[name] / totals[name] for name in SCORED if totals[name]}

@@ -19,7 +19,7 @@ def convert_to_kohya(source: Path, output: Path, model: str) -> Path:
     if output.suffix != files.ADAPTER_SUFFIX:
         raise UserError(f"output {str(output)!r} must end in {files.ADAPTER_SUFFIX}")
     metadata = files.metadata(source)
-    from ..api import load_pipeline
+    from ..loading import load_pipeline
 
     pipe = load_pipeline(model)
     models = {c: getattr(pipe, c) for c in COMPONENTS}

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..pickles import is_pickle
 
 ADAPTER_SUFFIX = ".safetensors"
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
 HEADER_LENGTH_BYTES = 8  # safetensors: little-endian u64 header length, then the JSON header, then the tensor bytes
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 A1111_HASH_DIGITS = 12
@@ -44,7 +44,7 @@ def available() -> dict[str, Path]:
 def find(name_or_path: str) -> Path:
     """An adapter name or a path -> the file; a one-line UserError for everything else."""
     path = Path(name_or_path)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    if is_pickle(path):
         raise UserError(f"adapter {name_or_path!r} is a pickle file ({path.suffix}); only .safetensors adapters are "
                         "loaded, since unpickling can run code (convert it with a trusted tool first)")
     if path.suffix == ADAPTER_SUFFIX and path.is_file():

@@ -79,6 +79,11 @@ class LoraManager:
             tensors = load_file(path)
         except (SafetensorError, OSError, ValueError) as err:
             raise UserError(f"adapter file {str(path)!r} is corrupt: {err}") from None
+        import torch
+
+        for key, tensor in tensors.items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise UserError(f"adapter file {str(path)!r} holds NaN/inf values in tensor {key!r}; it cannot be used")
         return formats.from_tensors(tensors, metadata, self.models)
 
     def _check_base_model(self, name: str, metadata: dict) -> None:
@@ -150,9 +155,12 @@ class LoraManager:
             requests.append(LoraRequest(name, {c: float(per_component.get(c, 0.0)) for c in COMPONENTS}, window))
         self.activate(requests)
 
-    def has_step_windows(self) -> bool:
-        return any(self.windows.get(n, FULL_WINDOW) != FULL_WINDOW for n in self.active
-                   if "unet" in self.loaded_components(n))
+    def step_windows(self):
+        """The decoder loop's step hook for adapters with a start/stop window, or None when there are none."""
+        if any(self.windows.get(n, FULL_WINDOW) != FULL_WINDOW for n in self.active
+               if "unet" in self.loaded_components(n)):
+            return StepWindows(self)
+        return None
 
     def at_decoder_fraction(self, fraction: float | None) -> None:
         """Set the U-Net's multipliers for the decoder step at `fraction` of the loop (an adapter outside its window
@@ -240,7 +248,24 @@ class LoraManager:
         return [m for m in model.modules() if isinstance(m, LoraLayer)]
 
     # ---------------------------------------------------------------- what generations record
-    def records(self) -> list[dict]:
-        return [{"name": n, "weights": w, "hash": self.loaded[n].hash, "path": str(self.loaded[n].path),
-                 **({"window": list(self.windows[n])} if self.windows.get(n, FULL_WINDOW) != FULL_WINDOW else {})}
-                for n, w in self.active.items()]
+    def records(self) -> list:
+        from ..record import LoraUse
+
+        return [LoraUse(name=n, weights=dict(w), hash=self.loaded[n].hash, path=str(self.loaded[n].path),
+                        window=tuple(self.windows.get(n, FULL_WINDOW))) for n, w in self.active.items()]
+
+
+class StepWindows:
+    """A step hook: before each decoder step, each windowed adapter's U-Net part is on or off by the fraction of
+    the loop done; `close()` puts every active adapter back at its multiplier."""
+
+    def __init__(self, manager: LoraManager):
+        self.manager = manager
+        manager.at_decoder_fraction(0.0)
+
+    def __call__(self, info) -> None:  # info: imagegen.pipeline.StepInfo of the step just done
+        done = info.index + 1
+        self.manager.at_decoder_fraction(done / info.total if done < info.total else None)
+
+    def close(self) -> None:
+        self.manager.at_decoder_fraction(None)

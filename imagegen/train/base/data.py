@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data import shapes
+from ...data import shapes
+from ...tokens import tokenize as tokens_of
 
 # The classes of each attribute the CLIP heads predict and the zero-shot evaluation asks about (the base model's
 # world: no heart, no outline).
@@ -68,6 +69,5 @@ def clip_pixels(images: np.ndarray, mean, std) -> torch.Tensor:
 
 def tokenize(tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (B, T) and attention mask (B, T) bool, padded to the tokenizer's length as the pipeline does."""
-    tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                       return_tensors="pt")
+    tokens = tokens_of(tokenizer, captions)
     return tokens.input_ids, tokens.attention_mask.bool()

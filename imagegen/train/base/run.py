@@ -1,7 +1,7 @@
 """Train the embedded default "shapes" model from scratch and write it in the Kandinsky 2.2 layout.
 
-    python -m imagegen.train.run --config configs/train/shapes.toml --out imagegen/weights/shapes [--resume]
-    python -m imagegen.train.run --config configs/train/shapes.toml --smoke     # ~5 steps per stage, end to end
+    imagegen train-base --config configs/train/shapes.toml --out imagegen/weights/shapes [--resume]
+    imagegen train-base --config configs/train/shapes.toml --smoke     # ~5 steps per stage, end to end
 
 The four stages run in order, each on the frozen results of the ones before: CLIP -> VAE -> prior -> decoder. All
 work goes to `<runs_dir>/<name>/`: per stage a `checkpoint.pt` (resumable) and a `final/` folder whose
@@ -11,7 +11,6 @@ At the end the finished stages are assembled with diffusers' own Kandinsky 2.2 p
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -21,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ...errors import UserError
 from .clip import build_image_processor, train_clip
 from .config import STAGES, TrainConfig, load_config, to_toml
 from .decoder import train_decoder
+from .options import TrainBaseOptions
 from .prior import train_prior
 from .vae import train_vae
 
@@ -153,32 +153,26 @@ def write_samples(config: TrainConfig, model_dir: Path, path: Path) -> None:
     grid.save(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m imagegen.train.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/train/shapes.toml", help="training config (TOML)")
-    parser.add_argument("--out", help="model folder to write (prior/ and decoder/); with --smoke: <run folder>/model")
-    parser.add_argument("--resume", action="store_true", help="continue the run folder: skip finished stages, "
-                        "resume the current one from its checkpoint")
-    parser.add_argument("--smoke", action="store_true", help="~5 steps per stage on small batches, in <name>-smoke")
-    args = parser.parse_args(argv)
-    if args.out is None and not args.smoke:
-        parser.error("--out is required (e.g. imagegen/weights/shapes)")
-    if args.out is None:  # a smoke run never overwrites a real model unless asked to
-        smoke_config = load_config(args.config, smoke=True).run
-        args.out = str(Path(smoke_config.runs_dir) / smoke_config.name / "model")
+def run(options: TrainBaseOptions) -> dict:
+    """`imagegen train-base`: `train_base` as the options ask, logging to stderr above the progress bars."""
+    if not Path(options.config).is_file():
+        raise UserError(f"training recipe {options.config!r} does not exist (see configs/train/)")
+    out = options.out
+    if out is None and not options.smoke:
+        raise UserError("--out is required (e.g. imagegen/weights/shapes)")
+    if out is None:  # a smoke run never overwrites a real model unless asked to
+        smoke_config = load_config(options.config, smoke=True).run
+        out = str(Path(smoke_config.runs_dir) / smoke_config.name / "model")
 
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    log.addHandler(console)
+    log.propagate = False  # not again through the command line's own handler
     try:
-        with logging_redirect_tqdm():  # log lines above the progress bars
-            result = train_base(args.config, args.out, resume=args.resume, smoke=args.smoke)
-    except UserError as err:
-        print(f"error: {err}")
-        return 2
-    print(json.dumps(result["metrics"], indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        with logging_redirect_tqdm(loggers=[log]):
+            return train_base(options.config, out, resume=options.resume, smoke=options.smoke)
+    finally:
+        log.removeHandler(console)
+        log.propagate = True

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import PriorTransformer, UnCLIPScheduler
 
-from ..data import shapes
+from ...data import shapes
 from . import loop
 from .clip import embed_images, load_frozen_clip
 from .config import TrainConfig

@@ -38,7 +38,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("eval", "measure prompt adherence of a shapes-world model with the pixel oracle", add_eval_arguments)
 def run_eval(args) -> int:
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from ..png import check_writable_folder
     from ..settings import check_seed
@@ -54,7 +54,7 @@ def run_eval(args) -> int:
 
     loras = [parse_spec(spec) for spec in args.lora or []]
 
-    from ..api import load_pipeline
+    from ..loading import load_pipeline
     from ..evaluation.adherence import evaluate, grammar_prompts, write_report
 
     pipe = load_pipeline(args.model or DEFAULT_PRESET, device=args.device, dtype=args.dtype, attention=args.attention)
@@ -67,7 +67,7 @@ def run_eval(args) -> int:
     report.settings = {"model": pipe.model.name, "kind": args.kind, "prompts": args.prompts,
                        "seeds_per_prompt": args.seeds, "seed": args.seed, "rerank": args.rerank,
                        "loras": [{"name": r.name, "weights": r.weights, "window": list(r.window)} for r in loras],
-                       "prior": vars_of(prior), "decoder": vars_of(decoder)}
+                       "prior": asdict(prior), "decoder": asdict(decoder)}
     json_path, grid_path = write_report(args.out, report, images)
     if args.json:
         print(json.dumps({**report.summary(), "report": str(json_path), "grid": str(grid_path)}))
@@ -78,9 +78,3 @@ def run_eval(args) -> int:
         print(f"  {'all':<10} {report.all_correct:6.1%}")
         print(f"report: {json_path}\ngrid:   {grid_path}")
     return 0
-
-
-def vars_of(settings) -> dict:
-    from dataclasses import asdict
-
-    return asdict(settings)

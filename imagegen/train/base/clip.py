@@ -27,9 +27,9 @@ from torch import nn
 from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer,
                           CLIPVisionConfig, CLIPVisionModelWithProjection)
 
-from ..build.tokenizer import build_clip_tokenizer
-from ..errors import UserError
-from ..data import shapes
+from ...build.tokenizer import build_clip_tokenizer
+from ...errors import UserError
+from ...data import shapes
 from . import loop
 from .config import TrainConfig
 from .data import ATTRIBUTE_CLASSES, ShapesBatch, clip_pixels, heldout_batch, step_rng, tokenize, training_batch

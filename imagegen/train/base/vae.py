@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from ..data import shapes
+from ...data import shapes
 from . import loop
 from .config import TrainConfig
 from .data import heldout_batch, training_batch

@@ -1,4 +1,4 @@
-"""Data-parallel LoRA training on the CPU with `accelerate launch --num_processes N --cpu -m imagegen.train.lora`.
+"""Data-parallel LoRA training on the CPU with `accelerate launch --num_processes N --cpu -m imagegen train-lora`.
 
 accelerate 1.x starts a single process for that command unless an MPI hostfile is configured (huggingface/accelerate
 #2741): its simple launcher runs the script once and forgets N. `lost_processes` notices that it is that one process
@@ -37,14 +37,15 @@ def lost_processes() -> int:
 
 
 def relaunch(processes: int, argv: list[str]) -> int:
-    """Start `processes` workers of this module with torch's elastic launcher (what `accelerate launch --multi_gpu`
-    uses); ACCELERATE_USE_CPU is inherited, so each becomes a gloo CPU process of one data-parallel run."""
+    """Start `processes` workers `python -m imagegen *argv` (argv: `train-lora DATA ...`) with torch's elastic
+    launcher (what `accelerate launch --multi_gpu` uses); ACCELERATE_USE_CPU is inherited, so each becomes a gloo CPU
+    process of one data-parallel run."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     args = parse_args(["--nproc-per-node", str(processes), "--master-addr", os.environ["MASTER_ADDR"],
-                       "--master-port", os.environ.get("MASTER_PORT", "29500"), "-m", "imagegen.train.lora", *argv])
+                       "--master-port", os.environ.get("MASTER_PORT", "29500"), "-m", "imagegen", *argv])
     try:
         run(args)
     except ChildFailedError as err:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ...errors import UserError
 
 KEEP = 2
 PREFIX = "step-"

@@ -27,8 +27,8 @@ import torch
 from diffusers import VQModel
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import UserError
-from .data import tokenize
+from ...errors import UserError
+from ...tokens import tokenize
 
 log = logging.getLogger("imagegen.train")
 
@@ -185,16 +185,20 @@ def encode_dataset(pipe, examples: list[Example], width: int, height: int, token
         data["pixels"] = torch.cat(kept)
     captions = [e.caption for e in examples]
     if tokens_only:
-        ids, mask = tokenize(pipe.tokenizer, captions)  # (N, T), (N, T)
-        data.update(input_ids=ids.to(device), attention_mask=mask.to(device))
-        ids, mask = tokenize(pipe.tokenizer, [""])
-        return data, {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        data.update(caption_tokens(pipe.tokenizer, captions, device))
+        return data, caption_tokens(pipe.tokenizer, [""], device)
     parts = [pipe.encode_text(captions[i:i + ENCODE_BATCH]) for i in range(0, len(captions), ENCODE_BATCH)]
     data.update(text_embeds=torch.cat([p[0] for p in parts]).float(),  # (N, D)
                 token_states=torch.cat([p[1] for p in parts]).float(),  # (N, T, W)
                 attention_mask=torch.cat([p[2] for p in parts]))  # (N, T) bool
     embeds, states, mask = pipe.encode_text([""])
     return data, {"text_embeds": embeds.float(), "token_states": states.float(), "attention_mask": mask}
+
+
+def caption_tokens(tokenizer, captions: list[str], device) -> dict:
+    """input_ids (N, T) and attention_mask (N, T) bool, padded to the tokenizer's length as the pipeline does."""
+    tokens = tokenize(tokenizer, captions)
+    return {"input_ids": tokens.input_ids.to(device), "attention_mask": tokens.attention_mask.bool().to(device)}
 
 
 class CachedExamples(torch.utils.data.Dataset):

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel, compute_snr
 
-from ..data import shapes
-from ..errors import UserError
+from ...data import shapes
+from ...errors import UserError
 from . import loop
 from .clip import embed_images, load_frozen_clip
 from .config import TrainConfig

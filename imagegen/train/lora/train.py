@@ -3,7 +3,7 @@ pipeline: low-rank updates of the attention projections of the decoder U-Net, th
 text encoder, and of the VAE decoder's layers, learnt from a folder of captioned images and written as one imagegen
 adapter file (imagegen.lora).
 
-Each component learns with the base model's own objective (imagegen.train.decoder and .prior):
+Each component learns with the base model's own objective (imagegen.train.base.decoder and .prior):
 - unet: DDPM noise prediction on the VAE latents of the training images, conditioned on their CLIP image embeddings
   (and on the caption's token states, for a Kandinsky 2.1-style U-Net that reads them), with Min-SNR-gamma weighting;
   CONDITION_DROPOUT of the embeddings become the all-zero image's embedding (and the caption ""), the pipeline's
@@ -18,23 +18,22 @@ Each component learns with the base model's own objective (imagegen.train.decode
   their meaning: a style whose fine detail the base VAE never learnt to draw (3-px outlines) gets a decoder that draws
   it.
 Images are resized / centre-cropped to the model's resolution, and latents and embeddings are computed once
-(imagegen.train.lora_data).
+(imagegen.train.lora.data).
 
 peft puts the LoRA layers in (`inject_adapter_in_model`) and reads them out (`get_peft_model_state_dict`); accelerate
 runs the loop (`prepare`, `accumulate`, `backward`, gradient all-reduce), so
 
-    accelerate launch --num_processes 2 --cpu -m imagegen.train.lora DATA --name NAME [options]
+    accelerate launch --num_processes 2 --cpu -m imagegen train-lora DATA --name NAME [options]
 
 trains data-parallel on the CPU (gloo) and the main process writes the one adapter. Every random draw (example order,
 noise, timesteps, condition dropout) is a function of (seed, micro-batch, process), so a run resumed from a checkpoint
-(imagegen.train.lora_checkpoints) ends with the weights an uninterrupted run would have. The adapter file and the
-validation grids are written by imagegen.train.lora_outputs; imagegen.train.lora_launch makes `--num_processes N --cpu`
-start N processes.
+(imagegen.train.lora.checkpoints) ends with the weights an uninterrupted run would have. The adapter file and the
+validation grids are written by imagegen.train.lora.outputs; imagegen.train.lora.launch makes `--num_processes N --cpu`
+start N processes. The options (imagegen.train.lora.options) are also the flags of `imagegen train-lora`.
 """
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +41,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
-from . import lora_checkpoints as checkpoints
-from . import lora_data
-from . import lora_outputs as outputs
-from .lora_launch import lost_processes, make_accelerator, relaunch
-from .lora_options import LoraOptions  # noqa: F401 (imported from here by the CLI and tests)
+from ...errors import UserError
+from . import checkpoints, data, outputs
+from .launch import make_accelerator
+from .options import LoraOptions
 
 TARGET_MODULES = {  # attention projections (name suffixes; a string is a regular expression on the full module name)
     "unet": ["to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj"],
@@ -90,8 +87,7 @@ class LoraTrainer(torch.nn.Module):
         self.decoder_noise = DDPMScheduler.from_config(pipe.decoder_scheduler.config)
         self.prior_noise = pipe.prior_scheduler
         self.zero_image_embed = pipe.zero_image_embed().float()  # (1, D)
-        # A Kandinsky 2.1-style U-Net (`text_image_proj`) also cross-attends to the caption's token states.
-        self.decoder_reads_text = pipe.unet.config.encoder_hid_dim_type == "text_image_proj"
+        self.decoder_reads_text = pipe.decoder_reads_text  # a Kandinsky 2.1-style U-Net also reads the tokens
         self.unconditional = unconditional  # the "" caption: embeddings, or tokens
         self.snr_gamma = snr_gamma
         self.timestep_range = timestep_range  # [low, high) of the U-Net's training timesteps
@@ -141,7 +137,7 @@ class LoraTrainer(torch.nn.Module):
         return per_example.mean()
 
     def vae_loss(self, batch):
-        from ..pipeline import UnCLIPPipeline
+        from ...pipeline import UnCLIPPipeline
 
         latents = batch["latents"][:self.vae_batch_size]  # (b, C, h, w), as the U-Net makes them
         pixels = batch["pixels"][:self.vae_batch_size]  # (b, 3, H, W) in [-1, 1]
@@ -179,7 +175,7 @@ def train_lora(options: LoraOptions, *, progress: bool = True, on_step=None) -> 
     if target.exists() and not options.overwrite:
         raise UserError(f"adapter {str(target)!r} exists; pass --overwrite to replace it (the old file stays until "
                         "the new one is complete)")
-    examples = lora_data.read_dataset(options.data, options.skip_bad)
+    examples = data.read_dataset(options.data, options.skip_bad)
     checkpoint = checkpoints.find(run_dir, options.resume, options.name) if options.resume else None
     if checkpoint is None and checkpoints.complete(run_dir) and not options.overwrite:
         raise UserError(f"{str(checkpoints.checkpoints_dir(run_dir))!r} holds checkpoints of an earlier run of "
@@ -198,7 +194,7 @@ class LoraRun:
         from accelerate.utils import set_seed
         from peft import inject_adapter_in_model, set_peft_model_state_dict
 
-        from ..api import load_pipeline
+        from ...loading import load_pipeline
 
         self.options, self.examples, self.run_dir = options, examples, run_dir
         self.accelerator = accelerator = make_accelerator(options.mixed_precision, options.grad_accum)
@@ -216,7 +212,7 @@ class LoraRun:
         if self.timestep_range[1] > steps:
             raise UserError(f"--max-timestep {options.max_timestep} is beyond the decoder's {steps} training timesteps")
         self.description = {  # what a checkpoint must agree with to be continued
-            "base": pipe.fingerprint(), "data": lora_data.fingerprint(examples), "components": list(options.components),
+            "base": pipe.fingerprint(), "data": data.fingerprint(examples), "components": list(options.components),
             "rank": options.rank, "alpha": self.alpha, "conv_rank": options.conv_rank, "lr": options.lr,
             "batch_size": options.batch_size, "grad_accum": options.grad_accum, "seed": options.seed,
             "processes": accelerator.num_processes,
@@ -236,7 +232,7 @@ class LoraRun:
         self.checkpoint = checkpoint
 
         # Encode the data once, then put LoRA layers (B = 0: the model starts as the base) on each component.
-        cached, unconditional = lora_data.encode_dataset(pipe, examples, self.width, self.height,
+        cached, unconditional = data.encode_dataset(pipe, examples, self.width, self.height,
                                                          "text_encoder" in options.components,
                                                          keep_pixels="vae" in options.components)
         set_seed(options.seed)
@@ -267,8 +263,8 @@ class LoraRun:
 
         # Micro-batch m of process p is batch m * processes + p of one order that depends on the seed alone.
         self.per_step = options.batch_size * options.grad_accum * accelerator.num_processes
-        order = lora_data.EpochOrder(len(examples), options.seed, max(options.steps, self.start) * self.per_step)
-        loader = torch.utils.data.DataLoader(lora_data.CachedExamples(cached), batch_size=options.batch_size,
+        order = data.EpochOrder(len(examples), options.seed, max(options.steps, self.start) * self.per_step)
+        loader = torch.utils.data.DataLoader(data.CachedExamples(cached), batch_size=options.batch_size,
                                              sampler=order)
         self.trainer, self.optimizer, loader = accelerator.prepare(trainer, optimizer, loader)
         self.loader = accelerator.skip_first_batches(loader, self.start * options.grad_accum) if self.start else loader
@@ -378,19 +374,4 @@ class LoraRun:
             path = outputs.write(self.pipe, adapter, target, options, training)
         self.accelerator.wait_for_everyone()
         return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m imagegen.train.lora DATA --name NAME ...`: `imagegen train-lora`, for `accelerate launch`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    processes = lost_processes()
-    if processes > 1:
-        return relaunch(processes, argv)
-    from ..cli import main as cli_main
-
-    return cli_main(["train-lora", *argv])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 

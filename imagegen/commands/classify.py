@@ -1,4 +1,4 @@
-"""`imagegen classify` and `imagegen score`: the CLIP pair as a zero-shot classifier and scorer."""
+"""`imagegen classify`: the CLIP pair as a zero-shot classifier, or its accuracy on a labelled folder (--eval)."""
 from __future__ import annotations
 
 import argparse
@@ -7,18 +7,8 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from ..presets import DEFAULT_PRESET
+from .clip_options import add_clip_arguments, check_batch_size
 from .registry import command
-
-
-def add_clip_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clip", default=DEFAULT_PRESET, metavar="BACKEND",
-                   help=f"the CLIP to use: a model preset or folder (its own CLIP pair; default {DEFAULT_PRESET}), "
-                        "open_clip:ARCH/PRETRAINED, open_clip:hf-hub:ORG/REPO, or open_clip:ARCH with --checkpoint")
-    p.add_argument("--checkpoint", metavar="FILE.safetensors", help="weights for --clip open_clip:ARCH")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable and non-image files with a warning")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
 
 
 def add_classify_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,11 +31,6 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
     output.add_argument("--json", action="store_true", help="one JSON object per image (with --eval: the report)")
     output.add_argument("--csv", action="store_true", help="CSV rows: path, rank, label, probability")
     add_clip_arguments(p)
-
-
-def check_batch_size(args) -> None:
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be a whole number >= 1, got {args.batch_size}")
 
 
 def classify_prompts(args, labels: list[str] | None):
@@ -134,30 +119,4 @@ def run_classify_eval(args) -> int:
     print(f"  acc@{result.top_k:<18} {result.accuracy_top_k:6.1%}")
     print(f"  mean per-class recall  {result.mean_class_recall:6.1%}")
     print(f"confusion matrix: {png}\nreport:           {report_path}")
-    return 0
-
-
-def add_score_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and folders (walked recursively)")
-    p.add_argument("--prompt", required=True, help="the text the images are scored against")
-    p.add_argument("--json", action="store_true", help="one JSON object per image")
-    add_clip_arguments(p)
-
-
-@command("score", "CLIP score of images against a prompt: 100 x max(cosine, 0)", add_score_arguments)
-def run_score(args) -> int:
-    check_batch_size(args)
-    if not args.prompt.strip():
-        raise UserError("--prompt is empty; give the text to score the images against")
-
-    from ..classify.run import collect_images, score_files
-
-    files = collect_images(args.images, args.skip_bad)
-
-    from ..classify.backends import load_backend
-
-    backend = load_backend(args.clip, args.checkpoint, args.device)
-    for path, score in score_files(backend, files, args.prompt, args.batch_size, args.skip_bad):
-        print(json.dumps({"path": path, "clip_score": score, "prompt": args.prompt, "clip": backend.name})
-              if args.json else f"{score:7.2f}  {path}")
     return 0

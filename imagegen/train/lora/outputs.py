@@ -19,7 +19,7 @@ def lora_state(model) -> dict:
 
 def build_adapter(models: dict, scale: float):
     """The trained LoRA weights; every module's alpha is its rank times `scale` (alpha / rank)."""
-    from ..lora import formats
+    from ...lora import formats
 
     components = {}
     for component, model in models.items():
@@ -31,7 +31,7 @@ def build_adapter(models: dict, scale: float):
 
 
 def write(pipe, adapter, target: Path, options, training: dict) -> Path:
-    from ..lora import formats
+    from ...lora import formats
 
     metadata = formats.header_metadata(adapter, base_model={"name": pipe.model.name, "fingerprint": pipe.fingerprint()},
                                        title=options.name, trigger_words=list(options.triggers), training=training)
@@ -53,7 +53,7 @@ class Validation:
     def grid(self, step: int) -> Path:
         from diffusers.utils.peft_utils import set_adapter_layers
 
-        from ..grid import prompt_grid
+        from ...grid import prompt_grid
 
         models = [getattr(self.pipe, c) for c in self.options.components]
         rows = []
