@@ -38,7 +38,7 @@ def batch_rows(prompt, mix, negative_prompt, num_images, seed, prior_seed, loras
     elif prompt is None:
         raise UserError("nothing to generate from: give a prompt, mix items or an image for variations")
     else:
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise UserError(f"prompt must be a text or a non-empty list of texts, got {prompt!r}")
         groups = [[MixItem(text=p)] for p in prompts]

@@ -170,7 +170,7 @@ class GenerationRecord:
         if "Prompt" in params:  # the exact texts, where the lines above would be split elsewhere
             prompt, negative = params["Prompt"], params.get("Negative", "")
         try:
-            width, height = _parse_size(params["Size"])
+            width, height = parse_size(params["Size"])
             version = params["Version"]
             if not version.startswith("imagegen "):
                 raise UserError(f"infotext of {version!r}, not of imagegen")
@@ -313,7 +313,8 @@ def _split_head(head: str) -> tuple[str, str]:
     return head, ""
 
 
-def _parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
+    """'64x48' -> (64, 48); a UserError for anything else (the range is DecoderSettings.validate's)."""
     match = _SIZE.fullmatch(text)
     if not match:
         raise UserError(f"size {text!r} should be WIDTHxHEIGHT, e.g. 64x64")

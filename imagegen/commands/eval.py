@@ -49,18 +49,21 @@ def run_eval(args) -> int:
     check_seed("--seed", args.seed)
     if args.kind not in PROMPT_KINDS:
         raise UserError(f"unknown --kind {args.kind!r}; expected one of {', '.join(PROMPT_KINDS)}")
-    check_writable_folder(args.out)
     from ..lora.requests import parse_spec
+    from ..presets import find_preset
 
     loras = [parse_spec(spec) for spec in args.lora or []]
+    preset = find_preset(args.model or DEFAULT_PRESET)
+    prior = replace(preset.prior_defaults, **given(steps=args.prior_steps, guidance=args.prior_guidance))
+    decoder = replace(preset.decoder_defaults, **given(steps=args.steps, guidance=args.guidance))
+    prior.validate()
+    decoder.validate()
+    check_writable_folder(args.out)
 
-    from ..loading import load_pipeline
     from ..evaluation.adherence import evaluate, grammar_prompts, write_report
+    from ..loading import load_pipeline
 
     pipe = load_pipeline(args.model or DEFAULT_PRESET, device=args.device, dtype=args.dtype, attention=args.attention)
-    prior, decoder = pipe.model.prior_defaults, pipe.model.decoder_defaults
-    prior = replace(prior, **given(steps=args.prior_steps, guidance=args.prior_guidance))
-    decoder = replace(decoder, **given(steps=args.steps, guidance=args.guidance))
     prompts = grammar_prompts(args.prompts, args.seed, **PROMPT_KINDS[args.kind])
     report, images = evaluate(pipe, prompts, args.seeds, args.seed, prior=prior, decoder=decoder, rerank=args.rerank,
                               loras=loras)
