@@ -124,6 +124,15 @@ def given(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def with_overrides(args, prior, decoder):
+    """The settings with the fields the command line gives replaced, validated."""
+    prior = replace(prior, **given(**{field: getattr(args, flag) for flag, field in PRIOR_OVERRIDES.items()}))
+    decoder = replace(decoder, **given(**{field: getattr(args, flag) for flag, field in DECODER_OVERRIDES.items()}))
+    prior.validate()
+    decoder.validate()
+    return prior, decoder
+
+
 def generation_plan(args):
     """(model, runtime overrides, calls, keep): each call is the keyword arguments of one pipeline call; keep is the
     index of the image to keep from a --from-png batch. Everything is checked before any model is loaded."""
@@ -143,12 +152,7 @@ def generation_plan(args):
     from ..settings import Limits
 
     preset = find_preset(args.model or DEFAULT_PRESET)
-    prior = replace(preset.prior_defaults, **{field: getattr(args, flag) for flag, field in PRIOR_OVERRIDES.items()
-                                              if getattr(args, flag) is not None})
-    decoder = replace(preset.decoder_defaults, **{field: getattr(args, flag) for flag, field in DECODER_OVERRIDES.items()
-                                                  if getattr(args, flag) is not None})
-    prior.validate()
-    decoder.validate()
+    prior, decoder = with_overrides(args, preset.prior_defaults, preset.decoder_defaults)
     per_image = (args.num_images or 1) * (args.rerank or 1)
     Limits.for_model(preset.decoder_defaults).check(decoder, per_image)
     common = dict(negative_prompt=args.negative or "", num_images=args.num_images or 1, seed=args.seed,
@@ -188,12 +192,7 @@ def from_png_plan(args):
     if args.num_images is not None or args.rerank is not None:
         raise UserError("--from-png makes the recorded image again: -n and --rerank do not apply (use --seed to vary)")
     record = read_record(args.from_png)
-    prior = replace(record.prior, **{field: getattr(args, flag) for flag, field in PRIOR_OVERRIDES.items()
-                                     if getattr(args, flag) is not None})
-    decoder = replace(record.decoder, **{field: getattr(args, flag) for flag, field in DECODER_OVERRIDES.items()
-                                         if getattr(args, flag) is not None})
-    prior.validate()
-    decoder.validate()
+    prior, decoder = with_overrides(args, record.prior, record.decoder)
     changes = given(prior=None if prior == record.prior else prior, decoder=None if decoder == record.decoder else decoder,
                     seed=args.seed, prior_seed=args.prior_seed, negative_prompt=args.negative)
     runtime = given(device=record.device, dtype=record.dtype)
