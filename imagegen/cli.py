@@ -11,13 +11,14 @@ import sys
 
 from . import __version__
 # One module per command, named after it; importing one registers its command.
-from .commands import classify, generate, grid, lora, make_dataset, models, score, train_base, train_lora  # noqa: F401
+from .commands import (batch, classify, generate, grid, lora, make_dataset, models, score, serve,  # noqa: F401
+                       train_base, train_lora)
 from .commands import eval as eval_command  # noqa: F401
 from .commands.registry import COMMANDS, OneLineParser
 from .errors import UserError
 
-HELP_ORDER = ("generate", "grid", "models", "eval", "lora", "train-lora", "make-dataset", "classify", "score",
-              "train-base")
+HELP_ORDER = ("generate", "batch", "grid", "models", "serve", "eval", "lora", "train-lora", "make-dataset", "classify",
+              "score", "train-base")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,8 @@ Text-Conditional Image Generation with CLIP Latents") with a latent U-Net decode
 `denoise()`, each reporting every step to one hook (imagegen.steps). A call is a batch of rows (imagegen.conditioning),
 one per image, each with its own prompt and seeds: image k of a prompt draws its noise from generators seeded
 `seed + k` (decoder) and `prior_seed + k` (prior), and every image's texts are encoded on their own, so any image can
-be made again from the GenerationRecord (imagegen.record) written with it.
+be made again from the GenerationRecord (imagegen.record) written with it — bit for bit in a batch of the same
+shape at the same torch thread count (CPU kernels round by both).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from PIL import Image
 
 from . import schedulers
 from .errors import UserError
+from .guidance import Guidance
 from .record import GenerationRecord
 from .conditioning import batch_rows
 from .result import GenerationResult, MixItem
@@ -243,7 +245,10 @@ class UnCLIPPipeline:
         unconditional[i] (its negative prompt, or ""). The negative prompts of the rows in `sampled_negatives` are
         sampled too, as extra rows after the N (diffusers' Kandinsky 2.2 prior does so in the same batch). -> (N', D)"""
         control = control or RunControl()
-        guided = settings.guidance > 1
+        scheduler = self._scheduler("prior", settings.scheduler)
+        scheduler.set_timesteps(settings.steps, device=self.device)
+        guidance = Guidance.of(settings, len(scheduler.timesteps))
+        guided = guidance.enabled
         with_negative = set(sampled_negatives)
         rows, unconditional_rows = [], []
         for i, (text, negative) in enumerate(zip(texts, unconditional)):
@@ -259,23 +264,23 @@ class UnCLIPPipeline:
             u_embeds, u_states, u_mask = self._gather(unconditional_rows)
             embeds, states, mask = torch.cat([u_embeds, embeds]), torch.cat([u_states, states]), torch.cat([u_mask, mask])
 
-        scheduler = self._scheduler("prior", settings.scheduler)
-        scheduler.set_timesteps(settings.steps, device=self.device)
         step = schedulers.stepper(scheduler)
         timesteps = scheduler.timesteps
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         shape = (len(seeds), self.prior.config.embedding_dim)
         latents = randn_tensor(shape, generator=generators, device=self.device, dtype=embeds.dtype)  # (N, D)
-        latents = latents * scheduler.init_noise_sigma
+        latents = latents * (scheduler.init_noise_sigma * settings.noise)
         report = step_reporter("prior", len(timesteps), control)
         for i, t in enumerate(timesteps):
-            model_input = torch.cat([latents] * 2) if guided else latents  # (2N, D)
+            both = guidance.at(i)  # else the conditional rows alone (the last N)
+            rows = slice(None) if both else slice(-len(seeds), None)
+            model_input = torch.cat([latents] * 2) if both else latents  # (2N, D)
             model_input = scheduler.scale_model_input(model_input, t)
-            predicted = self.prior(model_input, timestep=t, proj_embedding=embeds, encoder_hidden_states=states,
-                                   attention_mask=mask).predicted_image_embedding  # (2N, D)
-            if guided:
-                unconditional_pred, conditional = predicted.chunk(2)
-                predicted = unconditional_pred + settings.guidance * (conditional - unconditional_pred)
+            predicted = self.prior(model_input, timestep=t, proj_embedding=embeds[rows],
+                                   encoder_hidden_states=states[rows], attention_mask=mask[rows]
+                                   ).predicted_image_embedding  # (2N, D)
+            if both:
+                predicted = guidance.combine(*predicted.chunk(2))
             next_t = timesteps[i + 1] if i + 1 < len(timesteps) else None
             latents = step(predicted, t, latents, next_t, generators)
             report(StepInfo("prior", i, len(timesteps), t, latents))
@@ -325,15 +330,16 @@ class UnCLIPPipeline:
                 text_states=None) -> torch.Tensor:
         """Latent diffusion decoder: the U-Net loop conditioned on image embeddings, one generator per image."""
         control = control or RunControl()
-        guided = settings.guidance > 1
+        scheduler = self._scheduler("decoder", settings.scheduler)
+        scheduler.set_timesteps(settings.steps, device=self.device)
+        guidance = Guidance.of(settings, len(scheduler.timesteps))
+        guided = guidance.enabled
         condition = torch.cat([negative_embeds, image_embeds]) if guided else image_embeds  # (2B, D)
         condition = condition.to(self.unet.dtype)
         tokens = None
         if text_states is not None:
             tokens = torch.cat(text_states) if guided else text_states[1]  # (2B, T, W)
 
-        scheduler = self._scheduler("decoder", settings.scheduler)
-        scheduler.set_timesteps(settings.steps, device=self.device)
         step = schedulers.stepper(scheduler)
         learned_variance = schedulers.uses_learned_variance(scheduler)
         channels = self.unet.config.in_channels
@@ -346,14 +352,15 @@ class UnCLIPPipeline:
         report = step_reporter("decoder", len(timesteps), control, *([windows] if windows else []))
         try:
             for i, t in enumerate(timesteps):
-                model_input = torch.cat([latents] * 2) if guided else latents  # (2B, C, h, w)
+                both = guidance.at(i)  # else the conditional rows alone (the last B)
+                rows = slice(None) if both else slice(-len(seeds), None)
+                model_input = torch.cat([latents] * 2) if both else latents  # (2B, C, h, w)
                 model_input = scheduler.scale_model_input(model_input, t)
-                output = self.unet(model_input, t, encoder_hidden_states=tokens,
-                                   added_cond_kwargs={"image_embeds": condition}).sample  # (2B, C or 2C, h, w)
+                output = self.unet(model_input, t, encoder_hidden_states=None if tokens is None else tokens[rows],
+                                   added_cond_kwargs={"image_embeds": condition[rows]}).sample  # (2B, C or 2C, h, w)
                 noise, variance = output[:, :channels], output[:, channels:]
-                if guided:
-                    unconditional, conditional = noise.chunk(2)
-                    noise = unconditional + settings.guidance * (conditional - unconditional)  # (B, C, h, w)
+                if both:
+                    noise = guidance.combine(*noise.chunk(2))  # (B, C, h, w)
                     variance = variance.chunk(2)[1]
                 model_output = torch.cat([noise, variance], dim=1) if learned_variance and variance.shape[1] else noise
                 next_t = timesteps[i + 1] if i + 1 < len(timesteps) else None

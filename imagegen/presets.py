@@ -1,7 +1,10 @@
-"""Model presets are data: `configs/models/<name>.toml` names a prior folder, a decoder folder and defaults.
+"""Model presets are data: `<name>.toml` names a prior folder, a decoder folder and defaults.
 
-Found by name in `./configs/models/` (the working folder) and then beside the package; `--model` also takes a
-preset file or a folder holding `prior/` and `decoder/`. No torch here: `imagegen models` must answer at once.
+Found by name along the search order of imagegen.locations: $IMAGEGEN_MODEL_PATH, `./configs/models/` of the current
+folder, the per-user folder's `models/`, then the presets that ship with the package (the repository's
+`configs/models/`). `--model` also takes a preset file or a folder holding `prior/` and `decoder/`. A folder in a
+preset is a hub id, a path relative to the preset file, or `imagegen:<path>` inside the installed package (the
+embedded model: `imagegen:weights/shapes/prior`). No torch here: `imagegen models` must answer at once.
 """
 from __future__ import annotations
 
@@ -10,20 +13,18 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import locations
 from .errors import UserError
 from .settings import DecoderSettings, PriorSettings
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_PRESET = "shapes"
+PRESET_SUFFIX = ".toml"
 
 
-def preset_dirs() -> list[Path]:
-    dirs = [Path.cwd() / "configs" / "models", PACKAGE_ROOT.parent / "configs" / "models"]
-    unique: list[Path] = []
-    for d in dirs:
-        if d.resolve() not in [u.resolve() for u in unique]:
-            unique.append(d)
-    return unique
+def preset_dirs(explicit=()) -> list[Path]:
+    """The preset folders, first match wins."""
+    return [f.path for f in locations.search_order(locations.MODELS, explicit)]
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Preset:
     prior: str  # local folder or Hugging Face hub id
     decoder: str
     description: str = ""
-    source: str = ""  # where the preset came from
+    source: str = ""  # the preset file (or model folder) it was read from
     prior_defaults: PriorSettings = field(default_factory=PriorSettings)
     decoder_defaults: DecoderSettings = field(default_factory=DecoderSettings)
 
@@ -64,7 +65,10 @@ def _in_hf_cache(repo_id: str) -> bool:
 
 
 def _resolve_ref(ref: str, base: Path) -> str:
-    """A relative path is relative to the preset file; anything that is not an existing folder stays a hub id."""
+    """`imagegen:<path>` is inside the installed package; a relative path is relative to the preset file; anything
+    that is not an existing folder stays a hub id."""
+    if ref.startswith(locations.PACKAGE_REF_PREFIX):
+        return str(locations.package_ref(ref))
     candidate = (base / ref).resolve()
     if ref.startswith((".", "/")) or candidate.is_dir():
         return str(candidate)
@@ -99,28 +103,38 @@ def load_preset_file(path: Path) -> Preset:
     )
 
 
+@dataclass(frozen=True)
+class FoundPreset:
+    """A preset as `imagegen models` lists it: where it was found and which same-named files it shadows."""
+    preset: Preset
+    source: str  # explicit / env / cwd / user / package (locations.SOURCES)
+    shadows: tuple[locations.Entry, ...] = ()
+
+
+def found_presets(explicit=()) -> list[FoundPreset]:
+    """Every preset of the search order (name order), each with its source and the presets it shadows."""
+    return [FoundPreset(load_preset_file(e.path), e.source, tuple(e.shadows))
+            for e in locations.find_entries(locations.MODELS, PRESET_SUFFIX, explicit)]
+
+
 def list_presets() -> list[Preset]:
-    seen: dict[str, Preset] = {}
-    for d in preset_dirs():
-        for path in sorted(d.glob("*.toml")):
-            if path.stem not in seen:
-                seen[path.stem] = load_preset_file(path)
-    return list(seen.values())
+    return [found.preset for found in found_presets()]
 
 
 def find_preset(model: str) -> Preset:
     """A preset name, a preset .toml file, or a folder with `prior/` and `decoder/` subfolders."""
     path = Path(model)
-    if model.endswith(".toml") and path.is_file():
+    if model.endswith(PRESET_SUFFIX) and path.is_file():
         return load_preset_file(path)
     if path.is_dir():
         if (path / "prior").is_dir() and (path / "decoder").is_dir():
             return Preset(name=path.name, prior=str(path / "prior"), decoder=str(path / "decoder"), source=str(path))
         raise UserError(f"model folder {model!r} must hold 'prior/' and 'decoder/' subfolders (Kandinsky 2.2 layout)")
-    if "/" not in model and "\\" not in model:
-        for d in preset_dirs():
-            candidate = d / f"{model}.toml"
+    if "/" not in model and "\\" not in model and model not in ("", ".", ".."):
+        for folder in preset_dirs():
+            candidate = folder / f"{model}{PRESET_SUFFIX}"
             if candidate.is_file():
                 return load_preset_file(candidate)
-    names = ", ".join(p.name for p in list_presets()) or "none found"
-    raise UserError(f"unknown model {model!r}; use a preset name ({names}), a preset .toml file, or a model folder")
+    names = ", ".join(sorted(e.name for e in locations.find_entries(locations.MODELS, PRESET_SUFFIX))) or "none found"
+    raise UserError(f"unknown model {model!r}; use a preset name ({names}), a preset .toml file, or a model folder "
+                    f"(searched {locations.describe_order(locations.MODELS)})")

@@ -52,6 +52,16 @@ def _check_guidance(name: str, guidance: float) -> None:
         raise UserError(f"{name} must be a finite number >= 0, got {guidance!r}")
 
 
+def _check_guidance_shape(prefix: str, settings) -> None:
+    """The guidance interval and rescale of imagegen.guidance, shared by both stages' settings."""
+    start, stop, rescale = settings.guidance_start, settings.guidance_stop, settings.guidance_rescale
+    for name, value in (("start", start), ("stop", stop), ("rescale", rescale)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+            raise UserError(f"{prefix}guidance {name} must be a number from 0 to 1, got {value!r}")
+    if start >= stop:
+        raise UserError(f"{prefix}guidance start must be below its stop (fractions of the steps), got {start}, {stop}")
+
+
 def check_seed(name: str, seed: int | None) -> None:
     if seed is None:
         return
@@ -66,12 +76,20 @@ class PriorSettings:
     steps: int = field(default=25, metadata={"infotext": "Prior steps"})
     guidance: float = field(default=4.0, metadata={"infotext": "Prior CFG scale"})
     scheduler: str = field(default="unclip", metadata={"infotext": "Prior sampler"})
+    # Guidance on the steps from start to stop (fractions of the loop) only, and rescaled: imagegen.guidance.
+    guidance_start: float = field(default=0.0, metadata={"infotext": "Prior CFG start"})
+    guidance_stop: float = field(default=1.0, metadata={"infotext": "Prior CFG stop"})
+    guidance_rescale: float = field(default=0.0, metadata={"infotext": "Prior CFG rescale"})
+    noise: float = field(default=1.0, metadata={"infotext": "Prior noise"})  # x the starting noise: a temperature
 
     def validate(self) -> None:
         if self.scheduler not in PRIOR_SCHEDULERS:
             raise UserError(f"unknown prior scheduler {self.scheduler!r}; choose one of: {', '.join(PRIOR_SCHEDULERS)}")
         _check_steps("prior steps", self.steps, self.scheduler)
         _check_guidance("prior guidance", self.guidance)
+        _check_guidance_shape("prior ", self)
+        if not isinstance(self.noise, (int, float)) or not math.isfinite(self.noise) or self.noise <= 0:
+            raise UserError(f"prior noise must be a finite number > 0, got {self.noise!r}")
 
 
 @dataclass(frozen=True)
@@ -83,12 +101,16 @@ class DecoderSettings:
     scheduler: str = field(default="ddpm", metadata={"infotext": "Sampler"})
     width: int = 512  # width and height are written together as the infotext's "Size: WxH"
     height: int = 512
+    guidance_start: float = field(default=0.0, metadata={"infotext": "CFG start"})  # as the prior's
+    guidance_stop: float = field(default=1.0, metadata={"infotext": "CFG stop"})
+    guidance_rescale: float = field(default=0.0, metadata={"infotext": "CFG rescale"})
 
     def validate(self, vae_scale_factor: int | None = None) -> None:
         if self.scheduler not in DECODER_SCHEDULERS:
             raise UserError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(DECODER_SCHEDULERS)}")
         _check_steps("steps", self.steps, self.scheduler)
         _check_guidance("guidance", self.guidance)
+        _check_guidance_shape("", self)
         factor = vae_scale_factor or 1
         for name, value in (("width", self.width), ("height", self.height)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % factor:

@@ -25,3 +25,10 @@ def fast_settings():
     from imagegen.settings import DecoderSettings, PriorSettings
 
     return PriorSettings(steps=4, guidance=4.0), DecoderSettings(steps=4, guidance=4.0, width=32, height=32)
+
+
+@pytest.fixture(autouse=True)
+def no_user_adapters(tmp_path_factory, monkeypatch):
+    """A per-user folder of its own (imagegen.locations: $XDG_DATA_HOME/imagegen), so that adapters or presets a
+    developer has installed never reach the tests."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.getbasetemp() / "xdg-data"))

@@ -17,23 +17,26 @@ class Result:
 
 
 class RenderingPipe:
-    """Stands in for a perfect model: draws exactly what the prompt states (optionally with one attribute wrong)."""
+    """Stands in for a perfect model: draws exactly what the prompt states (optionally with one attribute wrong).
+    Takes a prompt or a list of them (each with its own seed), as the pipeline does."""
 
     def __init__(self, wrong_shape=False):
         self.wrong_shape = wrong_shape
         self.calls = []
 
     def __call__(self, prompt, num_images, seed, **call):
-        self.calls.append(call)
-        stated = shapes.parse_prompt(prompt)
-        if self.wrong_shape:
-            stated["shape"] = shapes.SHAPES[(shapes.SHAPES.index(stated["shape"]) + 1) % len(shapes.SHAPES)]
+        self.calls.append({"prompts": [prompt] if isinstance(prompt, str) else list(prompt), **call})
+        prompts, seeds = ([prompt], [seed]) if isinstance(prompt, str) else (prompt, seed)
         images, records = [], []
-        for i in range(num_images):
-            rng = np.random.default_rng(seed + i)
-            attrs = shapes.sample_attributes(rng, fixed=stated)
-            images.append(Image.fromarray(shapes.render(attrs, rng)))
-            records.append(SimpleNamespace(seed=seed + i, prior_seed=seed + i))
+        for text, first in zip(prompts, seeds):
+            stated = shapes.parse_prompt(text)
+            if self.wrong_shape:
+                stated["shape"] = shapes.SHAPES[(shapes.SHAPES.index(stated["shape"]) + 1) % len(shapes.SHAPES)]
+            for i in range(num_images):
+                rng = np.random.default_rng(first + i)
+                attrs = shapes.sample_attributes(rng, fixed=stated)
+                images.append(Image.fromarray(shapes.render(attrs, rng)))
+                records.append(SimpleNamespace(seed=first + i, prior_seed=first + i))
         return Result(images, records)
 
 
@@ -93,8 +96,35 @@ def test_adapters_asked_for_reach_every_generation():
     from imagegen.lora.requests import parse_spec
 
     pipe, loras = RenderingPipe(), [parse_spec("heart:0.8")]
-    evaluate(pipe, grammar_prompts(3, seed=0), seeds_per_prompt=1, base_seed=0, loras=loras, progress=False)
-    assert len(pipe.calls) == 3 and all(call["loras"] == loras for call in pipe.calls)
+    evaluate(pipe, grammar_prompts(30, seed=0), seeds_per_prompt=3, base_seed=0, loras=loras, progress=False)
+    assert [len(call["prompts"]) for call in pipe.calls] == [21, 9]  # whole prompts, up to 64 images a call
+    assert all(call["loras"] == loras for call in pipe.calls)
+
+
+def test_batched_prompts_keep_the_seeds_of_one_call_per_prompt():
+    prompts = grammar_prompts(25, seed=5)
+    report, _ = evaluate(RenderingPipe(), prompts, seeds_per_prompt=4, base_seed=10, progress=False)
+    assert [e["seed"] for e in report.examples] == [10 + j * 4 + k for j in range(25) for k in range(4)]
+    assert [e["prompt"] for e in report.examples] == [prompt for prompt, _ in prompts for _ in range(4)]
+
+
+def test_the_report_gives_the_scores_without_the_iou_threshold_too():
+    report, _ = evaluate(RenderingPipe(), grammar_prompts(20, seed=1), seeds_per_prompt=1, base_seed=0,
+                         progress=False, min_iou=1.5)  # above any IoU: every image reads as no shape
+    assert report.accuracy["shape"] == 0.0 and report.no_shape == 1.0 and report.all_correct == 0.0
+    assert report.without_min_iou["accuracy"]["shape"] == 1.0 and report.without_min_iou["all_attributes"] == 1.0
+    assert report.accuracy["colour"] == 1.0  # a shapeless drawing still has its colour
+    assert all(e["best_fit"] == e["stated"]["shape"] and 0.8 < e["iou"] <= 1 for e in report.examples)
+
+
+def test_short_prompts_are_every_colour_with_every_shape():
+    from imagegen.evaluation.adherence import short_prompts
+
+    prompts = short_prompts(40, seed=0)
+    assert len({prompt for prompt, _ in prompts}) == 40 and short_prompts(40, seed=0) == prompts
+    assert all(set(stated) == {"shape", "colour"} and shapes.parse_prompt(prompt) == stated
+               for prompt, stated in prompts)
+    assert [p for p, _ in short_prompts(10, seed=0)] == [p for p, _ in prompts[:10]]
 
 
 def test_labelled_folders_hold_each_render_under_its_class(tmp_path):

@@ -41,7 +41,10 @@ def classify_prompts(args, labels: list[str] | None):
         return zeroshot.read_cupl_file(args.cupl, labels)
     if labels is None:
         raise UserError("no labels: give --labels 'red circle,blue square', --labels-file FILE or --cupl FILE.json")
-    templates = zeroshot.read_templates_file(args.templates) if args.templates else zeroshot.DEFAULT_TEMPLATES
+    from ..locations import existing_or_shipped
+
+    templates = (zeroshot.read_templates_file(existing_or_shipped(args.templates)) if args.templates
+                 else zeroshot.DEFAULT_TEMPLATES)
     return labels, templates
 
 

@@ -45,7 +45,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                         "--mix 'a blue square:0.3' (repeatable)")
     p.add_argument("--variations-of", metavar="IMAGE", help="make variations of an image (its CLIP image embedding)")
     p.add_argument("--lora", action="append", metavar="NAME[:WEIGHT]",
-                   help="LoRA adapter by name (lora_adapters/, $IMAGEGEN_LORA_PATH) or path, e.g. --lora heart:0.8 or "
+                   help="LoRA adapter by name ($IMAGEGEN_LORA_PATH, ./lora_adapters, the per-user folder, the package; "
+                        "see 'imagegen lora list') or path, e.g. --lora heart:0.8 or "
                         "--lora heart:unet=1:prior=0.5:te=0; :start=F / :stop=F apply its U-Net part to that fraction "
                         "of the decoder steps only (repeatable); prompts may also say <lora:NAME:WEIGHT>")
     p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line, all generated in one process")

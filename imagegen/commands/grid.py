@@ -27,7 +27,9 @@ def run_grid(args) -> int:
     from ..png import check_writable_folder, write_new_file
     from ..settings import check_seed
 
-    prompts = read_prompts_file(args.prompts_file)
+    from ..locations import existing_or_shipped
+
+    prompts = read_prompts_file(str(existing_or_shipped(args.prompts_file)))
     if args.seeds < 1 or args.tile < 1:
         raise UserError(f"--seeds and --tile must be whole numbers >= 1, got {args.seeds} and {args.tile}")
     check_seed("--seed", args.seed)

@@ -2,7 +2,7 @@
 
 `accelerate launch --num_processes N --cpu -m imagegen train-lora DATA --name NAME` trains data-parallel: accelerate
 starts one process (huggingface/accelerate#2741), which starts the N workers as `python -m imagegen train-lora ...`
-(imagegen.train.lora.launch); the main process speaks for all.
+(imagegen.launch); the main process speaks for all.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def add_train_lora_arguments(p: argparse.ArgumentParser) -> None:
 @command("train-lora", "train a LoRA adapter on a folder of captioned images (accelerate launch for several processes)",
          add_train_lora_arguments)
 def run_train_lora(args) -> int:
-    from ..train.lora.launch import lost_processes, relaunch
+    from ..launch import lost_processes, relaunch
 
     options = from_arguments(LoraOptions, args)
     processes = lost_processes()

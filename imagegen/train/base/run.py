@@ -11,6 +11,7 @@ At the end the finished stages are assembled with diffusers' own Kandinsky 2.2 p
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -155,6 +156,9 @@ def write_samples(config: TrainConfig, model_dir: Path, path: Path) -> None:
 
 def run(options: TrainBaseOptions) -> dict:
     """`imagegen train-base`: `train_base` as the options ask, logging to stderr above the progress bars."""
+    from ...locations import existing_or_shipped
+
+    options = dataclasses.replace(options, config=str(existing_or_shipped(options.config)))
     if not Path(options.config).is_file():
         raise UserError(f"training recipe {options.config!r} does not exist (see configs/train/)")
     out = options.out
