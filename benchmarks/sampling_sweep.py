@@ -7,7 +7,7 @@ normalized entropy of what they leave free (background, size, position); and "a 
 colour as well. An exploration table: confirm a winner with `imagegen eval` (>= 300 pairs, --seed 0 and 1) and
 `imagegen eval --diversity`.
 
-Run alone:  python benchmarks/sampling_sweep.py [--pairs 99] [--short-seeds 4] [--only NAME ...]
+Run alone:  python benchmarks/sampling_sweep.py [--pairs 99] [--short-seeds 4] [--only NAME ...] [--model M]
 """
 import argparse
 import json
@@ -65,10 +65,11 @@ def main() -> int:
     parser.add_argument("--set", nargs=3, action="append", metavar=("NAME", "PRIOR_JSON", "DECODER_JSON"),
                         help='an extra setting, e.g. --set mine \'{"guidance": 2}\' \'{"guidance_start": 0.2}\'')
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("--model", default="shapes", help="a preset name or a model folder (default shapes)")
     args = parser.parse_args()
     settings = {**SETTINGS, **{name: (json.loads(p), json.loads(d)) for name, p, d in args.set or []}}
     names = args.only or ([name for name, *_ in args.set] if args.set else list(settings))
-    pipe = imagegen.load_pipeline("shapes")
+    pipe = imagegen.load_pipeline(args.model)
     rows = {}
     header = (f"{'setting':<22} {'colour':>6} {'shape':>6} {'bg':>6} {'size':>6} {'pos':>6} {'all':>6} "
               f"{'short':>6} {'H bg':>5} {'H size':>6} {'H pos':>5} {'H col':>5} {'invis':>6} {'s':>5}")

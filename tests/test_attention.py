@@ -1,6 +1,9 @@
 """Attention selection: auto -> SDPA on the CPU, xformers only on CUDA, and never imported on the CPU path."""
 import importlib.util
+import json
+import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -41,4 +44,40 @@ def test_cpu_pipeline_uses_sdpa_processors_and_never_imports_xformers(tiny_pipe,
     for model in (tiny_pipe.prior, tiny_pipe.unet, tiny_pipe.vae):
         names = attention_processor_names(model)
         assert names and all(name.endswith("2_0") for name in names), names  # torch SDPA processors
-    assert "xformers" not in sys.modules
+    if importlib.util.find_spec("xformers") is None:  # (an installed xformers is imported by diffusers itself)
+        assert "xformers" not in sys.modules
+
+
+# A stand-in xformers package, first on sys.path: importing it records which files were on the import stack.
+FAKE_XFORMERS = """
+import json, os, traceback
+with open(os.environ["XFORMERS_IMPORTS"], "a") as log:
+    log.write(json.dumps([frame.filename for frame in traceback.extract_stack()]) + "\\n")
+"""
+
+
+def test_the_cpu_path_never_imports_xformers_even_where_it_is_installed(tmp_path, tiny_model_dir):
+    """With an importable xformers on sys.path, loading the pipeline and generating on the CPU runs no imagegen code
+    that imports it (diffusers may import an installed xformers at its own import time; that is not ours)."""
+    (tmp_path / "xformers").mkdir()
+    (tmp_path / "xformers" / "__init__.py").write_text(FAKE_XFORMERS)
+    imports = tmp_path / "imports.jsonl"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import importlib.util
+        assert importlib.util.find_spec("xformers") is not None
+        import imagegen
+        from imagegen.settings import DecoderSettings, PriorSettings
+        pipe = imagegen.load_pipeline({str(tiny_model_dir)!r})
+        pipe("a red circle", seed=0, prior=PriorSettings(steps=2), decoder=DecoderSettings(steps=2, width=32,
+             height=32), progress=False)
+        print(pipe.attention_backend)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "XFORMERS_IMPORTS": str(imports)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "sdpa"
+    stacks = [json.loads(line) for line in imports.read_text().splitlines()] if imports.exists() else []
+    ours = [name for stack in stacks for name in stack if "/imagegen/" in name and "/tests/" not in name]
+    assert ours == [], ours

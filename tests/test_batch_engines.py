@@ -48,7 +48,8 @@ def jobs_file(tmp_path_factory):
 
 def arguments(jobs_file, tiny_model_dir, out, *extra) -> list[str]:
     return ["batch", str(jobs_file), "--out", str(out), "--model", str(tiny_model_dir), "--steps", "4",
-            "--prior-steps", "4", "--width", "32", "--height", "32", "--batch-size", "4", "--no-progress", *extra]
+            "--prior-steps", "4", "--width", "32", "--height", "32", "--batch-size", "4", "--threads", "1",
+            "--no-progress", *extra]
 
 
 @pytest.fixture(scope="module")

@@ -141,3 +141,17 @@ def test_ray_worker_resources_leave_a_cpu_to_ray_data():
         worker_resources(64, 8, 9, 1, threads=1)
     with pytest.raises(UserError, match="has 0 GPUs"):
         worker_resources(64, 0, None, 1, threads=1)
+
+
+def test_default_threads_share_the_machine_between_the_processes_on_it(monkeypatch):
+    import torch
+
+    from imagegen.batch.run import default_threads
+
+    assert default_threads("local") == torch.get_num_threads()  # as `imagegen generate` runs
+    assert default_threads("ray") == 1  # a worker holds one of the cluster's CPUs
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert default_threads("accelerate") == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert default_threads("accelerate") == 1

@@ -107,6 +107,56 @@ def test_a_run_can_continue_finished_stages_with_one_tower_frozen(tmp_path):
         train_base(CONFIG, tmp_path / "third", overrides=missing)
 
 
+def test_a_run_reuses_a_finished_models_stages_and_fine_tunes_the_vae_decoder_alone(tmp_path):
+    """v0.6's recipe: clip, prior and decoder copied from a finished model (run.reuse_stages), the VAE continued from
+    its movq with the encoder frozen on batches that mix in hearts and outlines: the encoder, the scaling factor and
+    the reused parts come out bit-identical, the VAE decoder changes."""
+    from safetensors.torch import load_file
+
+    from imagegen.train.base.run import train_base
+    from imagegen.train.base.vae import vae_batch
+
+    runs = tmp_path / "runs"
+    overrides = tiny_overrides(runs)
+    first = tmp_path / "first"
+    train_base(CONFIG, first, overrides=overrides)
+    continued = {**overrides, "run": {"runs_dir": str(runs), "name": "v06", "reuse_from": str(first),
+                                      "reuse_stages": ["clip", "prior", "decoder"]},
+                 "vae": {**overrides["vae"], "init_from": str(first / "decoder" / "movq"), "train_encoder": False,
+                         "heart_share": 0.25, "outline_share": 0.25}}
+    second = tmp_path / "second"
+    result = train_base(CONFIG, second, overrides=continued)
+    assert result["ran"] == ["vae"] and result["reused"] == ["clip", "prior", "decoder"]
+    assert result["metrics"]["prior"]["reused_from"] == str(first)
+    for part in ("prior/prior", "prior/text_encoder", "prior/image_encoder", "decoder/unet"):
+        before, after = (load_file(next((root / part).glob("*.safetensors"))) for root in (first, second))
+        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), part
+    before, after = (load_file(root / "decoder" / "movq" / "diffusion_pytorch_model.safetensors")
+                     for root in (first, second))
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in before if k.startswith("decoder.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    import json
+
+    scale = [json.loads((root / "decoder" / "movq" / "config.json").read_text())["scaling_factor"]
+             for root in (first, second)]
+    assert scale[0] == scale[1]
+
+    config = load_config(CONFIG, overrides=continued)
+    batch = vae_batch(config, step=3)
+    kinds = [(a.shape == "heart", a.style) for a in batch.attributes]
+    assert len(kinds) == 8 and kinds.count((True, "filled")) == 2 and sum(s == "outline" for _, s in kinds) == 2
+
+    frozen_random = {**continued, "run": {**continued["run"], "name": "frozen-random"},
+                     "vae": {**continued["vae"], "init_from": ""}}
+    with pytest.raises(UserError, match="train_encoder = false needs vae.init_from"):
+        train_base(CONFIG, tmp_path / "third", overrides=frozen_random)
+    nowhere = {**continued, "run": {**continued["run"], "name": "nowhere", "reuse_from": str(tmp_path / "none")}}
+    with pytest.raises(UserError, match="has no prior/tokenizer/ to reuse as the clip stage"):
+        train_base(CONFIG, tmp_path / "fourth", overrides=nowhere)
+
+
 def test_a_stopped_stage_resumes_from_its_checkpoint(tmp_path):
     from imagegen.train.base import loop
 

@@ -146,16 +146,9 @@ def read_jobs(path: str, defaults: JobSettings, base_seed: int, preset, skip_bad
 
 
 def read_lines(path: str) -> list[str]:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise UserError(f"cannot read job list {path!r}: {err.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise UserError(f"job list {path!r} is not UTF-8 text: byte 0x{data[err.start]:02x} on line {line}") from None
-    return [line.removesuffix("\r") for line in text.removeprefix("\ufeff").split("\n")]
+    from ..textfile import read_utf8_lines
+
+    return read_utf8_lines(path, "job list")
 
 
 def parse_line(line: str, suffix: str) -> dict:

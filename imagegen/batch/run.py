@@ -4,6 +4,7 @@ pending batches rendered by the engine, the manifest parts merged. No torch or r
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from ..options import option
 from .output import FORMATS
 
 ENGINES = ("auto", "local", "accelerate", "ray")
-DEFAULT_BATCH_SIZE = 8  # images per pipeline call, as `generate --prompts-file`
+DEFAULT_BATCH_SIZE = 16  # images per pipeline call: a throughput tool (generate --prompts-file: 8)
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,9 @@ class BatchOptions:
     num_gpus_per_worker: float = option(0.0, "GPUs per Ray worker (default %(default)s: CPU workers)", metavar="G")
     workers: int | None = option(None, "Ray workers, each loading the pipeline once (default: one per G GPUs, else "
                                        "one per free CPU)", metavar="W")
-    threads: int = option(1, "torch CPU threads per process or worker (default %(default)s); CPU pixels depend on it, "
-                             "so keep it when resuming or comparing engines", metavar="T")
+    threads: int | None = option(None, "torch CPU threads per process or worker (default: this machine's cores shared "
+                                       "by the processes on it; Ray workers 1); CPU pixels depend on it, so give "
+                                       "the same T when comparing engines", metavar="T")
     shard_size: int = option(1000, "images per webdataset shard (default %(default)s)", metavar="N")
     progress: bool = True  # the tqdm bar
     model: str = "shapes"
@@ -75,8 +77,22 @@ def choose_engine(options: BatchOptions) -> str:
     return options.engine
 
 
+def default_threads(engine: str) -> int:
+    """Torch threads per process when --threads is not given: the cores of this machine shared by the processes an
+    accelerate launch starts on it (a single process: torch's own default, as `imagegen generate` uses); a Ray worker
+    holds one CPU of the cluster, so one."""
+    if engine == "ray":
+        return 1
+    if engine == "accelerate":
+        return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    import torch
+
+    return torch.get_num_threads()
+
+
 def check_numbers(options: BatchOptions) -> None:
-    for flag, value in (("--batch-size", options.batch_size), ("--threads", options.threads),
+    threads = 1 if options.threads is None else options.threads  # None: the default, chosen per engine
+    for flag, value in (("--batch-size", options.batch_size), ("--threads", threads),
                         ("--shard-size", options.shard_size), ("--workers", options.workers or 1)):
         if value < 1:
             raise UserError(f"{flag} must be a whole number >= 1, got {value}")
@@ -95,6 +111,7 @@ def run_batch(options: BatchOptions, settings) -> Summary | None:
 
     check_numbers(options)
     engine = choose_engine(options)
+    options = dataclasses.replace(options, threads=options.threads or default_threads(engine))
     model = str(Path(options.model).resolve()) if Path(options.model).exists() else options.model  # for every worker
     preset = find_preset(model)
     job_list = read_jobs(options.jobs, settings, options.seed, preset, skip_bad=options.skip_bad)

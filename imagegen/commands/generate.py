@@ -88,19 +88,11 @@ def parse_mix_item(text: str):
 def read_prompts_file(path: str) -> list[str]:
     """The non-empty lines of a UTF-8 text file; a one-line error naming the line of anything else."""
     from ..result import check_prompt_text
+    from ..textfile import read_utf8_lines
 
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise UserError(f"cannot read prompts file {path!r}: {err.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise UserError(f"prompts file {path!r} is not UTF-8 text: byte 0x{data[err.start]:02x} on line {line}; "
-                        "save it as UTF-8") from None
+    lines = read_utf8_lines(path, "prompts file", "; save it as UTF-8")
     prompts = []
-    for number, line in enumerate(text.removeprefix("\ufeff").split("\n"), 1):
+    for number, line in enumerate(lines, 1):
         if line.strip():
             check_prompt_text(line.strip(), f"line {number} of {path!r}")
             prompts.append(line.strip())

@@ -162,6 +162,13 @@ def validate(path: Path) -> AdapterInfo:
         found = f"found {unknown[0]!r}" if unknown else "it holds no tensors"
         raise UserError(f"adapter file {str(path)!r} holds no LoRA adapter: keys must start with unet., prior., "
                         f"text_encoder. or vae. (or kohya's lora_unet_/lora_te_/lora_prior_/lora_vae_); {found}")
+    load_finite_tensors(path)
+    return describe(path)
+
+
+def load_finite_tensors(path: Path) -> dict:
+    """Every tensor of an adapter file; a corrupt file or a NaN/inf value is a UserError naming the file (and the
+    tensor), so a broken adapter is refused before it touches a model."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -174,7 +181,7 @@ def validate(path: Path) -> AdapterInfo:
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise UserError(f"adapter file {str(path)!r} holds NaN/inf values in tensor {key!r}; it cannot be used")
-    return describe(path)
+    return tensors
 
 
 def install(source: str | Path, name: str | None = None) -> Path:

@@ -71,20 +71,8 @@ class LoraManager:
         return name
 
     def _read(self, path: Path) -> formats.AdapterWeights:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         metadata = files.metadata(path)  # also checks the header and that the file is complete
-        try:
-            tensors = load_file(path)
-        except (SafetensorError, OSError, ValueError) as err:
-            raise UserError(f"adapter file {str(path)!r} is corrupt: {err}") from None
-        import torch
-
-        for key, tensor in tensors.items():
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise UserError(f"adapter file {str(path)!r} holds NaN/inf values in tensor {key!r}; it cannot be used")
-        return formats.from_tensors(tensors, metadata, self.models)
+        return formats.from_tensors(files.load_finite_tensors(path), metadata, self.models)
 
     def _check_base_model(self, name: str, metadata: dict) -> None:
         stored = metadata.get("imagegen.base_model")

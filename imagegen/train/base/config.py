@@ -40,6 +40,8 @@ class RunConfig:
     max_total_mb: float
     text_encoder_dtype: str
     other_dtype: str
+    reuse_from: str  # a finished model in the Kandinsky 2.2 layout ("" = none) ...
+    reuse_stages: tuple[str, ...]  # ... whose parts stand in for these stages instead of training them
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,10 @@ class VaeConfig:
     kl_weight: float
     latents: str
     eval_images: int
+    init_from: str  # an AutoencoderKL folder to continue ("" = random weights)
+    train_encoder: bool  # false: only the decoder learns, so the latents (and every model trained on them) stay valid
+    heart_share: float  # of each batch: hearts, and ...
+    outline_share: float  # ... outlined shapes, which the codec must reproduce for the adapters
     train: TrainSettings
 
 
@@ -209,8 +215,10 @@ def _shrink_for_smoke(data: dict) -> dict:
                 shrunk[stage][key] = smoke["eval_images"]
     shrunk["prior"]["eval_steps"] = smoke["eval_steps"]
     shrunk["decoder"]["cache_batches"] = min(data["decoder"]["cache_batches"], smoke["max_steps"])
-    for stage in ("clip", "decoder"):  # a smoke run checks the code from random weights, whatever a real run continues
-        shrunk[stage]["init_from"] = ""
+    for stage in ("clip", "vae", "decoder"):  # a smoke run checks the code from random weights, whatever a real run
+        shrunk[stage]["init_from"] = ""       # continues or reuses
+    shrunk["run"].update(reuse_from="", reuse_stages=[])
+    shrunk["vae"]["train_encoder"] = True  # a frozen encoder needs init_from
     shrunk["samples"] = {"prior_steps": smoke["eval_steps"], "decoder_steps": smoke["eval_steps"]}
     return _merge(data, shrunk)
 

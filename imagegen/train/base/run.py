@@ -33,11 +33,18 @@ log = logging.getLogger("imagegen.train")
 
 TRAINERS = {"clip": train_clip, "vae": train_vae, "prior": train_prior, "decoder": train_decoder}
 FINISHED_MARKER = "metrics.json"  # written last into a stage's final/ folder
+# Where each stage's final/ parts sit in a finished model (what `assemble` writes), for `run.reuse_stages`.
+REUSABLE_PARTS = {
+    "clip": {"tokenizer": "prior/tokenizer", "text_encoder": "prior/text_encoder", "image_encoder": "prior/image_encoder"},
+    "vae": {"vae": "decoder/movq"},
+    "prior": {"prior": "prior/prior", "scheduler": "prior/scheduler"},
+    "decoder": {"unet": "decoder/unet", "scheduler": "decoder/scheduler"},
+}
 
 
 def train_base(config_path: str | Path, out_dir: str | Path, resume: bool = False, smoke: bool = False,
                overrides: dict | None = None) -> dict:
-    """Run every unfinished stage, then write the model to `out_dir`. Returns {"ran", "skipped", "metrics"}."""
+    """Run every unfinished stage, then write the model to `out_dir`. Returns {"ran", "skipped", "reused", "metrics"}."""
     config = load_config(config_path, smoke=smoke, overrides=overrides)
     run_dir = Path(config.run.runs_dir) / config.run.name
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
@@ -59,13 +66,19 @@ def train_base(config_path: str | Path, out_dir: str | Path, resume: bool = Fals
 def _train_all(config: TrainConfig, config_path: Path, run_dir: Path, out_dir: Path) -> dict:
     started = time.perf_counter()
     _record_config(config, config_path, run_dir)
-    metrics, ran, skipped = {}, [], []
+    metrics, ran, skipped, reused = {}, [], [], []
     for index, stage in enumerate(STAGES):
         marker = run_dir / stage / "final" / FINISHED_MARKER
         if marker.exists():
             log.info("%s: finished earlier, skipped (%s)", stage, marker)
             metrics[stage] = json.loads(marker.read_text())
             skipped.append(stage)
+            continue
+        if stage in config.run.reuse_stages:
+            metrics[stage] = reuse_stage(stage, Path(config.run.reuse_from), run_dir / stage / "final")
+            _write_json(marker, metrics[stage])
+            log.info("%s: reused from %s", stage, config.run.reuse_from)
+            reused.append(stage)
             continue
         log.info("%s: training", stage)
         # One seed per stage, so re-running one stage alone draws what it drew in the full run.
@@ -83,7 +96,22 @@ def _train_all(config: TrainConfig, config_path: Path, run_dir: Path, out_dir: P
     _write_json(out_dir / "metrics.json", metrics)
     write_samples(config, out_dir, run_dir / "samples.png")
     log.info("model written to %s (%.1f MB); samples in %s", out_dir, metrics["model_mb"], run_dir / "samples.png")
-    return {"ran": ran, "skipped": skipped, "metrics": metrics}
+    return {"ran": ran, "skipped": skipped, "reused": reused, "metrics": metrics}
+
+
+def reuse_stage(stage: str, model_dir: Path, final_dir: Path) -> dict:
+    """Copy a finished model's parts of `stage` into the stage's final/ folder; returns that model's metrics of the
+    stage, with where they came from."""
+    if stage not in REUSABLE_PARTS:
+        raise UserError(f"run.reuse_stages names {stage!r}; expected some of {list(REUSABLE_PARTS)}")
+    for part, source in REUSABLE_PARTS[stage].items():
+        if not (model_dir / source).is_dir():
+            raise UserError(f"run.reuse_from {str(model_dir)!r} has no {source}/ to reuse as the {stage} stage")
+        shutil.rmtree(final_dir / part, ignore_errors=True)
+        shutil.copytree(model_dir / source, final_dir / part)
+    recorded = model_dir / "metrics.json"
+    earlier = json.loads(recorded.read_text()).get(stage, {}) if recorded.is_file() else {}
+    return {**earlier, "reused_from": str(model_dir)}
 
 
 def _record_config(config: TrainConfig, config_path: Path, run_dir: Path) -> None:

@@ -4,20 +4,28 @@ with Latent Diffusion Models"), diffusers' AutoencoderKL: 64x64x3 pixels <-> 16x
 Loss: MSE + L1 on the reconstruction of a posterior sample, plus a tiny KL term that keeps the latent space smooth
 without blurring. At the end the latent std is measured on held-out images and `scaling_factor = 1 / std` is stored
 in the model config, so the decoder stage diffuses latents of unit variance; the pipeline divides by it on decode.
+
+A finished VAE can be continued (`init_from`) with its encoder frozen (`train_encoder = false`): then the latents,
+their scaling factor and every model trained on them stay valid, and only the decoder learns to draw them more
+sharply. The batches can mix in hearts and
+outlined shapes (`heart_share`, `outline_share`): the base models never see them, but the codec has to reproduce
+whatever an adapter makes the diffusion decoder draw.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from ...data import shapes
+from ...errors import UserError
 from . import loop
 from .config import TrainConfig
-from .data import heldout_batch, training_batch
+from .data import ShapesBatch, heldout_batch, step_rng, training_batch
 
 LATENT_KINDS = ("mean", "sample")
 
@@ -37,17 +45,56 @@ def encode(vae: AutoencoderKL, pixels: torch.Tensor, kind: str) -> torch.Tensor:
     return posterior.mean if kind == "mean" else posterior.sample()
 
 
+def vae_batch(config: TrainConfig, step: int) -> ShapesBatch:
+    """Batch `step`: the base world, with `heart_share` hearts and `outline_share` outlines (every shape) mixed in."""
+    cfg = config.vae
+    size = cfg.train.batch_size
+    hearts, outlines = round(size * cfg.heart_share), round(size * cfg.outline_share)
+    parts = [training_batch(cfg.train.seed, step, size - hearts - outlines)]
+    for purpose, count, kind in ((1, hearts, {"shapes": ("heart",)}),
+                                 (2, outlines, {"shapes": shapes.ALL_SHAPES, "style": "outline"})):
+        if count:
+            seed = int(step_rng(cfg.train.seed, step, purpose).integers(2**63))
+            parts.append(ShapesBatch(*shapes.generate(seed, count, **kind)))
+    return ShapesBatch(np.concatenate([p.images for p in parts]), [c for p in parts for c in p.captions],
+                       [a for p in parts for a in p.attributes])
+
+
+def load_vae_to_continue(config: TrainConfig) -> AutoencoderKL:
+    """A fresh VAE of the recipe's architecture, holding `init_from`'s weights and scaling factor when it is set."""
+    cfg = config.vae
+    vae = build_vae(config)
+    if not cfg.init_from:
+        if not cfg.train_encoder:
+            raise UserError("vae.train_encoder = false needs vae.init_from (a frozen random encoder learns nothing)")
+        return vae
+    if not (Path(cfg.init_from) / "config.json").is_file():
+        raise UserError(f"vae.init_from {cfg.init_from!r} is not an AutoencoderKL folder (no config.json); use \"\" "
+                        "to start from random weights")
+    trained = AutoencoderKL.from_pretrained(cfg.init_from, torch_dtype=torch.float32)
+    vae.load_state_dict(trained.state_dict())  # strict: the architectures must agree
+    vae.register_to_config(scaling_factor=trained.config.scaling_factor)
+    if not cfg.train_encoder:
+        for part in (vae.encoder, vae.quant_conv):
+            part.requires_grad_(False)
+    return vae
+
+
 def train_vae(config: TrainConfig, run_dir: Path) -> dict:
     cfg = config.vae
     if cfg.latents not in LATENT_KINDS:
         raise ValueError(f"vae.latents must be one of {LATENT_KINDS}, got {cfg.latents!r}")
     stage_dir = run_dir / "vae"
-    vae = build_vae(config)
+    vae = load_vae_to_continue(config)
 
     def loss_fn(step: int):
-        pixels = training_batch(cfg.train.seed, step, cfg.train.batch_size).pixels()  # (B, 3, 64, 64) in [-1, 1]
+        pixels = vae_batch(config, step).pixels()  # (B, 3, 64, 64) in [-1, 1]
         with loop.autocast(cfg.train.bf16):
-            posterior = vae.encode(pixels).latent_dist  # (B, 4, 16, 16) mean and std
+            with torch.set_grad_enabled(cfg.train_encoder):
+                posterior = vae.encode(pixels).latent_dist  # (B, 4, 16, 16) mean and std
+            # A sample, not the mean, even for a frozen encoder: the U-Net's latents are never exactly the encoder's,
+            # and the posterior's noise keeps the decoder robust to that. (Decoding means made sharper
+            # reconstructions, PSNR 30.3 dB, but lowered `imagegen eval`'s colour from 96.7% to 94.2%.)
             reconstruction = vae.decode(posterior.sample()).sample.float()  # (B, 3, 64, 64)
         mse = F.mse_loss(reconstruction, pixels)
         l1 = F.l1_loss(reconstruction, pixels)
@@ -56,15 +103,15 @@ def train_vae(config: TrainConfig, run_dir: Path) -> dict:
         return mse + cfg.l1_weight * l1 + cfg.kl_weight * kl, logs
 
     metrics = loop.train("vae", stage_dir, vae, loss_fn, cfg.train, config.run)
-    metrics.update(measure_and_scale(config, vae))
+    metrics.update(measure_and_scale(config, vae, rescale=cfg.train_encoder))
     loop.save_model(vae, stage_dir / "final" / "vae", config.run.other_dtype)
     return metrics
 
 
 @torch.no_grad()
-def measure_and_scale(config: TrainConfig, vae: AutoencoderKL) -> dict:
+def measure_and_scale(config: TrainConfig, vae: AutoencoderKL, rescale: bool = True) -> dict:
     """PSNR of held-out reconstructions (from the posterior mean), and the latent statistics; stores 1 / std as the
-    VAE's scaling_factor."""
+    VAE's scaling_factor (with `rescale`; a frozen encoder keeps the one the later stages were trained with)."""
     cfg = config.vae
     batch = heldout_batch(config.data.heldout_seed, cfg.eval_images)
     all_pixels = batch.pixels()  # (N, 3, 64, 64)
@@ -79,11 +126,12 @@ def measure_and_scale(config: TrainConfig, vae: AutoencoderKL) -> dict:
     per_image_mse = torch.cat(squared_errors)  # (N,)
     latents = torch.cat(latents)  # (N, 4, 16, 16)
     std = latents.std().item()
-    vae.register_to_config(scaling_factor=1 / std)
+    if rescale:
+        vae.register_to_config(scaling_factor=1 / std)
     return {"psnr_db": round(float((-10 * torch.log10(per_image_mse)).mean()), 3),
             "psnr_of_mean_mse_db": round(-10 * math.log10(per_image_mse.mean().item()), 3),
             "latent_std": round(std, 5), "latent_mean": round(latents.mean().item(), 5),
-            "scaling_factor": 1 / std, "eval_images": cfg.eval_images}
+            "scaling_factor": vae.config.scaling_factor, "eval_images": cfg.eval_images}
 
 
 def load_frozen_vae(folder: Path) -> AutoencoderKL:
