@@ -152,6 +152,9 @@ def test_a_run_reuses_a_finished_models_stages_and_fine_tunes_the_vae_decoder_al
                      "vae": {**continued["vae"], "init_from": ""}}
     with pytest.raises(UserError, match="train_encoder = false needs vae.init_from"):
         train_base(CONFIG, tmp_path / "third", overrides=frozen_random)
+    typo = {**continued, "run": {**continued["run"], "name": "typo", "reuse_stages": ["clip", "vea"]}}
+    with pytest.raises(UserError, match=r"run.reuse_stages \['clip', 'vea'\] needs stages from"):
+        train_base(CONFIG, tmp_path / "typo", overrides=typo)
     nowhere = {**continued, "run": {**continued["run"], "name": "nowhere", "reuse_from": str(tmp_path / "none")}}
     with pytest.raises(UserError, match="has no prior/tokenizer/ to reuse as the clip stage"):
         train_base(CONFIG, tmp_path / "fourth", overrides=nowhere)

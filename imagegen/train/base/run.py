@@ -65,6 +65,10 @@ def train_base(config_path: str | Path, out_dir: str | Path, resume: bool = Fals
 
 def _train_all(config: TrainConfig, config_path: Path, run_dir: Path, out_dir: Path) -> dict:
     started = time.perf_counter()
+    unknown = [stage for stage in config.run.reuse_stages if stage not in REUSABLE_PARTS]
+    if unknown or (config.run.reuse_stages and not config.run.reuse_from):
+        raise UserError(f"run.reuse_stages {list(config.run.reuse_stages)!r} needs stages from {list(REUSABLE_PARTS)} "
+                        f"and a run.reuse_from model folder (got {config.run.reuse_from!r})")
     _record_config(config, config_path, run_dir)
     metrics, ran, skipped, reused = {}, [], [], []
     for index, stage in enumerate(STAGES):
@@ -102,8 +106,6 @@ def _train_all(config: TrainConfig, config_path: Path, run_dir: Path, out_dir: P
 def reuse_stage(stage: str, model_dir: Path, final_dir: Path) -> dict:
     """Copy a finished model's parts of `stage` into the stage's final/ folder; returns that model's metrics of the
     stage, with where they came from."""
-    if stage not in REUSABLE_PARTS:
-        raise UserError(f"run.reuse_stages names {stage!r}; expected some of {list(REUSABLE_PARTS)}")
     for part, source in REUSABLE_PARTS[stage].items():
         if not (model_dir / source).is_dir():
             raise UserError(f"run.reuse_from {str(model_dir)!r} has no {source}/ to reuse as the {stage} stage")
