@@ -9,7 +9,7 @@ from imagegen.data import shapes
 from imagegen.evaluation import oracle
 
 # (prompt, seed): drawn with the model's default settings (25 + 25 steps, guidance 4, DPM-Solver++); seeds picked
-# among 0-7 where v0.5b draws the prompt (it does for: "a red circle" 2-7, the blue square, white star and purple
+# among 0-7 where v0.5b drew the prompt (v0.7 draws all six too; v0.5b did for: "a red circle" 2-7, the blue square, white star and purple
 # cross 0-7, "a medium orange circle ..." 1, 4, 5, 7, "a small green triangle at the top left" 0-7).
 FIXED = [
     ("a red circle", 2),

@@ -160,6 +160,64 @@ def test_a_run_reuses_a_finished_models_stages_and_fine_tunes_the_vae_decoder_al
         train_base(CONFIG, tmp_path / "fourth", overrides=nowhere)
 
 
+def test_the_vae_decoder_learns_the_unets_redrawn_latents_and_the_prior_continues_on_cached_embeddings(tmp_path):
+    """v0.7's recipe: the VAE decoder (encoder frozen) trains on latents a finished U-Net re-drew image-to-image, and
+    the prior continues a finished one (prior.init_from) on cached image embeddings with an EMA."""
+    from safetensors.torch import load_file
+
+    from imagegen.train.base import generated
+    from imagegen.train.base.data import training_batch
+    from imagegen.train.base.run import train_base
+    from imagegen.train.base.vae import load_frozen_vae
+
+    runs = tmp_path / "runs"
+    overrides = tiny_overrides(runs)
+    first = tmp_path / "first"
+    train_base(CONFIG, first, overrides=overrides)
+    redrawn = {"decoder_from": str(first / "decoder"), "share": 0.5, "cache_images": 8, "steps": 4, "strength": 0.5}
+    continued = {**overrides, "run": {"runs_dir": str(runs), "name": "v07", "reuse_from": str(first),
+                                      "reuse_stages": ["clip", "decoder"]},
+                 "vae": {**overrides["vae"], "init_from": str(first / "decoder" / "movq"), "train_encoder": False,
+                         "generated": redrawn},
+                 "prior": {**overrides["prior"], "init_from": str(first / "prior"), "cache_images": 16,
+                           "ema_decay": 0.9}}
+    second = tmp_path / "second"
+    result = train_base(CONFIG, second, overrides=continued)
+    assert result["ran"] == ["vae", "prior"] and result["reused"] == ["clip", "decoder"]
+    log = (runs / "v07" / "train.log").read_text()
+    assert "mse_generated=" in log  # the VAE's loss saw the redrawn latents
+
+    before, after = (load_file(root / "decoder" / "movq" / "diffusion_pytorch_model.safetensors")
+                     for root in (first, second))
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    before, after = (load_file(root / "prior" / "prior" / "diffusion_pytorch_model.safetensors")
+                     for root in (first, second))
+    assert torch.equal(before["clip_mean"], after["clip_mean"])  # continued with its own normalisation
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("transformer_blocks."))
+
+    # The U-Net's re-drawing: deterministic in its seed, and a real change of the encoder's latent.
+    config = load_config(CONFIG, overrides=continued)
+    vae = load_frozen_vae(runs / "tiny" / "vae" / "final")
+    unet, shipped = generated.load_decoder(str(first / "decoder"))
+    clip = generated.load_frozen_clip(runs / "tiny" / "clip" / "final")
+    batch = training_batch(0, 0, 4)
+    once, again, other = (generated.redraw(config, vae, unet, shipped, clip, batch, seed) for seed in (1, 1, 2))
+    encoded = vae.encode(batch.pixels()).latent_dist.mean
+    assert once.shape == encoded.shape and torch.equal(once, again) and not torch.equal(once, other)
+    assert not torch.allclose(once, encoded, atol=1e-3)
+
+    learning_encoder = {**continued, "run": {**continued["run"], "name": "learning"},
+                        "vae": {**continued["vae"], "train_encoder": True}}
+    with pytest.raises(UserError, match="vae.generated needs vae.train_encoder = false"):
+        train_base(CONFIG, tmp_path / "third", overrides=learning_encoder)
+    no_prior = {**continued, "run": {**continued["run"], "name": "no-prior"},
+                "prior": {**continued["prior"], "init_from": str(tmp_path)}}
+    with pytest.raises(UserError, match="prior.init_from .* holds no prior/ folder"):
+        train_base(CONFIG, tmp_path / "fourth", overrides=no_prior)
+
+
 def test_a_stopped_stage_resumes_from_its_checkpoint(tmp_path):
     from imagegen.train.base import loop
 

@@ -97,6 +97,18 @@ class ClipConfig:
 
 
 @dataclass(frozen=True)
+class GeneratedLatents:
+    """The VAE decoder's second kind of training example: latents a finished U-Net re-drew (train/base/generated.py)."""
+    decoder_from: str  # a finished decoder folder (holding unet/ and scheduler/); "" = none
+    share: float  # of each VAE batch (0 = encoder latents only)
+    cache_images: int  # how many are made up front
+    strength: float  # the image-to-image strength: how much of the noise schedule the U-Net re-draws
+    steps: int  # sampler steps over the whole schedule (strength x steps of them run)
+    guidance: float
+    scheduler: str  # a decoder sampler name, as `imagegen --scheduler`
+
+
+@dataclass(frozen=True)
 class VaeConfig:
     channels: tuple[int, ...]
     layers_per_block: int
@@ -110,6 +122,7 @@ class VaeConfig:
     train_encoder: bool  # false: only the decoder learns, so the latents (and every model trained on them) stay valid
     heart_share: float  # of each batch: hearts, and ...
     outline_share: float  # ... outlined shapes, which the codec must reproduce for the adapters
+    generated: GeneratedLatents
     train: TrainSettings
 
 
@@ -126,6 +139,10 @@ class PriorConfig:
     eval_images: int
     eval_steps: int
     eval_guidance: float
+    init_from: str  # a finished prior to continue (a folder holding prior/); "" = random weights
+    cache_images: int  # images embedded once up front, each step drawing from them; 0 = embed every batch fresh
+    ema_decay: float  # the EMA's final decay (0 = no EMA: the raw weights are saved)
+    ema_power: float
     train: TrainSettings
 
 
@@ -215,10 +232,12 @@ def _shrink_for_smoke(data: dict) -> dict:
                 shrunk[stage][key] = smoke["eval_images"]
     shrunk["prior"]["eval_steps"] = smoke["eval_steps"]
     shrunk["decoder"]["cache_batches"] = min(data["decoder"]["cache_batches"], smoke["max_steps"])
-    for stage in ("clip", "vae", "decoder"):  # a smoke run checks the code from random weights, whatever a real run
+    shrunk["prior"]["cache_images"] = min(data["prior"]["cache_images"], smoke["eval_images"])
+    for stage in ("clip", "vae", "prior", "decoder"):  # a smoke run checks the code from random weights, whatever a real run
         shrunk[stage]["init_from"] = ""       # continues or reuses
     shrunk["run"].update(reuse_from="", reuse_stages=[])
     shrunk["vae"]["train_encoder"] = True  # a frozen encoder needs init_from
+    shrunk["vae"]["generated"] = {"share": 0.0}  # there is no finished decoder to re-draw latents
     shrunk["samples"] = {"prior_steps": smoke["eval_steps"], "decoder_steps": smoke["eval_steps"]}
     return _merge(data, shrunk)
 

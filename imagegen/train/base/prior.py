@@ -8,6 +8,11 @@ of the frozen image encoder's embeddings, the training target is (embedding - me
 `post_process_latents` undoes it. Noising follows the UnCLIPScheduler's own betas (squaredcos_cap_v2) through its
 `add_noise`. A fraction of captions is replaced by "" so classifier-free guidance has the unconditional model the
 pipeline asks for (it encodes "" as the negative prompt).
+
+Embedding the images costs about as much as the prior's own step, so with `cache_images` that many images are embedded
+once up front; each step then draws a batch of them and writes each a fresh caption (the grammar's random choice of
+stated attributes and paraphrase), so the prior still sees every partial caption of an image. An EMA of the weights
+(`ema_decay`), as the decoder keeps, is what is saved.
 """
 from __future__ import annotations
 
@@ -16,12 +21,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import PriorTransformer, UnCLIPScheduler
+from diffusers.training_utils import EMAModel
 
 from ...data import shapes
+from ...errors import UserError
 from . import loop
 from .clip import embed_images, load_frozen_clip
 from .config import TrainConfig
-from .data import heldout_batch, tokenize, training_batch
+from .data import heldout_batch, step_rng, tokenize, training_batch
 
 UNCONDITIONAL_PROMPT = ""  # the pipeline's default negative prompt
 
@@ -46,26 +53,68 @@ def encode_text(tokenizer, text_encoder, captions: list[str]):
     return out.text_embeds, out.last_hidden_state, mask
 
 
+CAPTION_STREAM = 1  # step_rng purpose of the captions written for cached images (0 draws the images themselves)
+
+
+def embedding_cache(config: TrainConfig, image_encoder) -> tuple[torch.Tensor, list[shapes.ShapeAttributes]] | None:
+    """Image embeddings (N, D) and attributes of the first `cache_images` images of the training stream, or None."""
+    cfg = config.prior
+    if cfg.cache_images <= 0:
+        return None
+    from tqdm.auto import tqdm
+
+    embeds, attributes = [], []
+    for step in tqdm(range(-(-cfg.cache_images // cfg.train.batch_size)), desc="prior cache", dynamic_ncols=True):
+        batch = training_batch(cfg.train.seed, step, cfg.train.batch_size)
+        embeds.append(embed_images(config, image_encoder, batch.images, cfg.train.batch_size))  # (B, D)
+        attributes.extend(batch.attributes)
+    return torch.cat(embeds)[:cfg.cache_images], attributes[:cfg.cache_images]
+
+
+def initial_prior(config: TrainConfig) -> PriorTransformer:
+    cfg = config.prior
+    prior = build_prior(config)
+    if cfg.init_from:  # continue a finished prior (its clip_mean / clip_std come with it)
+        if not (Path(cfg.init_from) / "prior").is_dir():
+            raise UserError(f"prior.init_from {cfg.init_from!r} holds no prior/ folder; use \"\" to start from "
+                            "random weights")
+        trained = PriorTransformer.from_pretrained(Path(cfg.init_from) / "prior", torch_dtype=torch.float32)
+        prior.load_state_dict(trained.state_dict())  # strict: the architectures must agree
+    return prior
+
+
 def train_prior(config: TrainConfig, run_dir: Path) -> dict:
     cfg = config.prior
     stage_dir = run_dir / "prior"
     tokenizer, text_encoder, image_encoder = load_frozen_clip(run_dir / "clip" / "final")
-    prior = build_prior(config)
+    prior = initial_prior(config)
     scheduler = build_scheduler(config)
 
-    stats = training_batch(cfg.stats_seed, 0, cfg.stats_images)
-    stats_embeds = embed_images(config, image_encoder, stats.images, cfg.train.batch_size)  # (N, D)
-    prior.clip_mean.data = stats_embeds.mean(0, keepdim=True)  # (1, D)
-    prior.clip_std.data = stats_embeds.std(0, keepdim=True)  # (1, D)
+    if not cfg.init_from:
+        stats = training_batch(cfg.stats_seed, 0, cfg.stats_images)
+        stats_embeds = embed_images(config, image_encoder, stats.images, cfg.train.batch_size)  # (N, D)
+        prior.clip_mean.data = stats_embeds.mean(0, keepdim=True)  # (1, D)
+        prior.clip_std.data = stats_embeds.std(0, keepdim=True)  # (1, D)
     prior.clip_mean.requires_grad_(False)
     prior.clip_std.requires_grad_(False)
+    trained = [p for p in prior.parameters() if p.requires_grad]
+    ema = None if cfg.ema_decay <= 0 else EMAModel(
+        trained, decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power, foreach=True)
+    cache = embedding_cache(config, image_encoder)
 
     def loss_fn(step: int):
-        batch = training_batch(cfg.train.seed, step, cfg.train.batch_size)
-        image_embeds = embed_images(config, image_encoder, batch.images, cfg.train.batch_size)  # (B, D)
+        if cache is None:
+            batch = training_batch(cfg.train.seed, step, cfg.train.batch_size)
+            image_embeds = embed_images(config, image_encoder, batch.images, cfg.train.batch_size)  # (B, D)
+            captions = batch.captions
+        else:  # the draw depends on (seed, step) only, so a resumed run sees the same batches
+            rows = step_rng(cfg.train.seed, step, CAPTION_STREAM).integers(0, len(cache[1]), cfg.train.batch_size)
+            image_embeds = cache[0][torch.from_numpy(rows)]  # (B, D)
+            caption_rng = step_rng(cfg.train.seed, step, CAPTION_STREAM + 1)
+            captions = [shapes.caption(cache[1][row], caption_rng) for row in rows.tolist()]
         target = (image_embeds - prior.clip_mean) / prior.clip_std  # (B, D), about unit variance per dimension
-        dropped = torch.rand(len(batch.captions)) < cfg.condition_dropout
-        captions = [UNCONDITIONAL_PROMPT if drop else c for c, drop in zip(batch.captions, dropped.tolist())]
+        dropped = torch.rand(len(captions)) < cfg.condition_dropout
+        captions = [UNCONDITIONAL_PROMPT if drop else c for c, drop in zip(captions, dropped.tolist())]
         text_embeds, token_states, mask = encode_text(tokenizer, text_encoder, captions)  # (B, D), (B, T, D), (B, T)
         timesteps = torch.randint(0, cfg.num_train_timesteps, (len(captions),))  # (B,)
         noisy = scheduler.add_noise(target, torch.randn_like(target), timesteps)  # (B, D)
@@ -75,7 +124,9 @@ def train_prior(config: TrainConfig, run_dir: Path) -> dict:
         loss = F.mse_loss(predicted.float(), target)
         return loss, {}
 
-    metrics = loop.train("prior", stage_dir, prior, loss_fn, cfg.train, config.run)
+    metrics = loop.train("prior", stage_dir, prior, loss_fn, cfg.train, config.run, ema=ema)
+    if ema is not None:
+        ema.copy_to(trained)  # the EMA weights are the model
     final = stage_dir / "final"
     loop.save_model(prior, final / "prior", config.run.other_dtype)
     scheduler.save_pretrained(final / "scheduler")

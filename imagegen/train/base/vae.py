@@ -9,7 +9,8 @@ A finished VAE can be continued (`init_from`) with its encoder frozen (`train_en
 their scaling factor and every model trained on them stay valid, and only the decoder learns to draw them more
 sharply. The batches can mix in hearts and
 outlined shapes (`heart_share`, `outline_share`): the base models never see them, but the codec has to reproduce
-whatever an adapter makes the diffusion decoder draw.
+whatever an adapter makes the diffusion decoder draw. A frozen-encoder run can also learn from the latents a finished
+U-Net draws (`generated`, train/base/generated.py), the ones the decoder meets at generation time.
 """
 from __future__ import annotations
 
@@ -26,8 +27,10 @@ from ...errors import UserError
 from . import loop
 from .config import TrainConfig
 from .data import ShapesBatch, heldout_batch, step_rng, training_batch
+from .generated import generated_cache
 
 LATENT_KINDS = ("mean", "sample")
+GENERATED_PURPOSE = 3  # step_rng purpose of the draw from the generated latents (1, 2: hearts, outlines)
 
 
 def build_vae(config: TrainConfig) -> AutoencoderKL:
@@ -45,12 +48,16 @@ def encode(vae: AutoencoderKL, pixels: torch.Tensor, kind: str) -> torch.Tensor:
     return posterior.mean if kind == "mean" else posterior.sample()
 
 
-def vae_batch(config: TrainConfig, step: int) -> ShapesBatch:
-    """Batch `step`: the base world, with `heart_share` hearts and `outline_share` outlines (every shape) mixed in."""
+def vae_batch(config: TrainConfig, step: int, room: int = 0) -> ShapesBatch:
+    """Batch `step`: the base world, with `heart_share` hearts and `outline_share` outlines (every shape) mixed in,
+    `room` examples short of the batch size (the U-Net's latents fill them)."""
     cfg = config.vae
     size = cfg.train.batch_size
     hearts, outlines = round(size * cfg.heart_share), round(size * cfg.outline_share)
-    parts = [training_batch(cfg.train.seed, step, size - hearts - outlines)]
+    if hearts + outlines + room > size:
+        raise UserError(f"vae: heart_share, outline_share and generated.share add up to more than the batch "
+                        f"({hearts} + {outlines} + {room} > {size})")
+    parts = [training_batch(cfg.train.seed, step, size - hearts - outlines - room)]
     for purpose, count, kind in ((1, hearts, {"shapes": ("heart",)}),
                                  (2, outlines, {"shapes": shapes.ALL_SHAPES, "style": "outline"})):
         if count:
@@ -86,20 +93,35 @@ def train_vae(config: TrainConfig, run_dir: Path) -> dict:
         raise ValueError(f"vae.latents must be one of {LATENT_KINDS}, got {cfg.latents!r}")
     stage_dir = run_dir / "vae"
     vae = load_vae_to_continue(config)
+    if cfg.generated.share > 0 and cfg.train_encoder:
+        raise UserError("vae.generated needs vae.train_encoder = false: a learning encoder would leave the U-Net's "
+                        "latents behind")
+    generated = generated_cache(config, vae, run_dir / "clip" / "final")  # (latents, pixels) or None
+    redrawn = round(cfg.train.batch_size * cfg.generated.share) if generated is not None else 0
 
     def loss_fn(step: int):
-        pixels = vae_batch(config, step).pixels()  # (B, 3, 64, 64) in [-1, 1]
+        pixels = vae_batch(config, step, room=redrawn).pixels()  # (B - G, 3, 64, 64) in [-1, 1]
+        if generated is not None:  # the draw depends on (seed, step) only, so a resumed run sees the same batches
+            rows = torch.from_numpy(step_rng(cfg.train.seed, step, GENERATED_PURPOSE).integers(
+                0, len(generated[0]), redrawn))  # (G,)
         with loop.autocast(cfg.train.bf16):
             with torch.set_grad_enabled(cfg.train_encoder):
-                posterior = vae.encode(pixels).latent_dist  # (B, 4, 16, 16) mean and std
+                posterior = vae.encode(pixels).latent_dist  # (B - G, 4, 16, 16) mean and std
             # A sample, not the mean, even for a frozen encoder: the U-Net's latents are never exactly the encoder's,
             # and the posterior's noise keeps the decoder robust to that. (Decoding means made sharper
             # reconstructions, PSNR 30.3 dB, but lowered `imagegen eval`'s colour from 96.7% to 94.2%.)
-            reconstruction = vae.decode(posterior.sample()).sample.float()  # (B, 3, 64, 64)
-        mse = F.mse_loss(reconstruction, pixels)
-        l1 = F.l1_loss(reconstruction, pixels)
+            latents = posterior.sample()
+            targets = pixels
+            if generated is not None:
+                latents = torch.cat([latents, generated[0][rows]])  # (B, 4, 16, 16)
+                targets = torch.cat([pixels, generated[1][rows]])  # (B, 3, 64, 64)
+            reconstruction = vae.decode(latents).sample.float()  # (B, 3, 64, 64)
+        mse = F.mse_loss(reconstruction, targets)
+        l1 = F.l1_loss(reconstruction, targets)
         kl = posterior.kl().mean()  # summed over latent elements, mean over the batch
         logs = {"mse": mse.item(), "l1": l1.item(), "kl": kl.item()}
+        if generated is not None:
+            logs["mse_generated"] = F.mse_loss(reconstruction[len(pixels):], targets[len(pixels):]).item()
         return mse + cfg.l1_weight * l1 + cfg.kl_weight * kl, logs
 
     metrics = loop.train("vae", stage_dir, vae, loss_fn, cfg.train, config.run)
