@@ -53,7 +53,8 @@ def encode_text(tokenizer, text_encoder, captions: list[str]):
     return out.text_embeds, out.last_hidden_state, mask
 
 
-CAPTION_STREAM = 1  # step_rng purpose of the captions written for cached images (0 draws the images themselves)
+# step_rng purposes of a cached step: which cached images, and their captions (purpose 0 draws the images themselves)
+CACHE_DRAW, CAPTION_DRAW = 1, 2
 
 
 def embedding_cache(config: TrainConfig, image_encoder) -> tuple[torch.Tensor, list[shapes.ShapeAttributes]] | None:
@@ -108,9 +109,9 @@ def train_prior(config: TrainConfig, run_dir: Path) -> dict:
             image_embeds = embed_images(config, image_encoder, batch.images, cfg.train.batch_size)  # (B, D)
             captions = batch.captions
         else:  # the draw depends on (seed, step) only, so a resumed run sees the same batches
-            rows = step_rng(cfg.train.seed, step, CAPTION_STREAM).integers(0, len(cache[1]), cfg.train.batch_size)
+            rows = step_rng(cfg.train.seed, step, CACHE_DRAW).integers(0, len(cache[1]), cfg.train.batch_size)
             image_embeds = cache[0][torch.from_numpy(rows)]  # (B, D)
-            caption_rng = step_rng(cfg.train.seed, step, CAPTION_STREAM + 1)
+            caption_rng = step_rng(cfg.train.seed, step, CAPTION_DRAW)
             captions = [shapes.caption(cache[1][row], caption_rng) for row in rows.tolist()]
         target = (image_embeds - prior.clip_mean) / prior.clip_std  # (B, D), about unit variance per dimension
         dropped = torch.rand(len(captions)) < cfg.condition_dropout
