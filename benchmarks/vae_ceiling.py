@@ -4,6 +4,8 @@ make can do no better than the second row (the default model's eval and the exam
 against it).
 
 With `--lora NAME`, the VAE decoder carries that adapter's `vae` part (imagegen train-lora --components ...,vae).
+Below the table, the shape accuracy of the reconstructions for every (shape, size) cell, worst first: where a VAE
+decoder loses shapes (v0.7: small stars drawn as discs; `[vae.focus]` of the training recipe aims at that cell).
 
 Run alone:  python benchmarks/vae_ceiling.py [--model shapes] [--images 200] [--seed 777] [--style filled|outline]
             [--lora outline]
@@ -33,6 +35,16 @@ def accuracy(images: np.ndarray, attributes) -> dict[str, float]:
         for name, correct in oracle.score(oracle.read_image(image), wanted).items():
             totals[name] += correct
     return {name: round(100 * count / len(images), 1) for name, count in totals.items()}
+
+
+def shape_accuracy_by_cell(images: np.ndarray, attributes) -> list[tuple[str, str, int, int]]:
+    """(shape, size, right, count) for every (shape, size) cell present, the lowest share right first."""
+    right, count = {}, {}
+    for image, attrs in zip(images, attributes):
+        cell = (attrs.shape, attrs.size)
+        count[cell] = count.get(cell, 0) + 1
+        right[cell] = right.get(cell, 0) + (oracle.read_image(image).shape == attrs.shape)
+    return sorted(((*cell, right[cell], count[cell]) for cell in count), key=lambda row: (row[2] / row[3], row[:2]))
 
 
 @torch.no_grad()
@@ -71,6 +83,9 @@ def main() -> int:
     print("attribute      " + " ".join(f"{name:>10}" for name in truth))
     print("renders        " + " ".join(f"{value:>10}" for value in truth.values()))
     print("reconstructed  " + " ".join(f"{value:>10}" for value in rebuilt.values()))
+    cells = shape_accuracy_by_cell(reconstructions, attributes)
+    print("reconstructed shape right by (shape, size), worst first: "
+          + ", ".join(f"{shape} {size} {right}/{count}" for shape, size, right, count in cells))
     print(f"RESULT {args.style}: all attributes {rebuilt['all']}% on reconstructions vs {truth['all']}% on the renders "
           f"(ratio {rebuilt['all'] / max(truth['all'], 1e-9):.3f}); colour {rebuilt['colour']}%, shape "
           f"{rebuilt['shape']}%, PSNR {psnr:.1f} dB")

@@ -18,6 +18,9 @@ FIXED = [
     ("a small purple cross at the bottom right on an orange background", 0),
     ("a medium orange circle on a blue background", 1),
     ("a small green triangle at the top left", 0),
+    # small stars: seeds where v0.7 drew a disc and v0.8 (its VAE decoder tuned on small stars) draws the star
+    ("a small blue star on a white background", 4),
+    ("a small yellow star", 1),
 ]
 
 

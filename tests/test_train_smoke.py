@@ -178,7 +178,7 @@ def test_the_vae_decoder_learns_the_unets_redrawn_latents_and_the_prior_continue
     continued = {**overrides, "run": {"runs_dir": str(runs), "name": "v07", "reuse_from": str(first),
                                       "reuse_stages": ["clip", "decoder"]},
                  "vae": {**overrides["vae"], "init_from": str(first / "decoder" / "movq"), "train_encoder": False,
-                         "generated": redrawn},
+                         "generated": redrawn, "focus": {"share": 0.25, "shape": "star", "size": "small"}},
                  "prior": {**overrides["prior"], "init_from": str(first / "prior"), "cache_images": 16,
                            "ema_decay": 0.9}}
     second = tmp_path / "second"
@@ -216,6 +216,38 @@ def test_the_vae_decoder_learns_the_unets_redrawn_latents_and_the_prior_continue
                 "prior": {**continued["prior"], "init_from": str(tmp_path)}}
     with pytest.raises(UserError, match="prior.init_from .* holds no prior/ folder"):
         train_base(CONFIG, tmp_path / "fourth", overrides=no_prior)
+
+
+def test_a_vae_batch_mixes_in_its_focus_cell_and_a_misspelt_cell_is_a_one_line_error(tmp_path):
+    """v0.8's recipe: `[vae.focus]` draws a share of every VAE batch from one cell of the world (small stars); the
+    rest of the batch stays the base world, and the same step gives the same batch."""
+    from imagegen.train.base.run import train_base
+    from imagegen.train.base.vae import vae_batch
+
+    overrides = tiny_overrides(tmp_path / "runs")
+    focused = {**overrides, "vae": {**overrides["vae"], "train": {**overrides["vae"].get("train", {}), "batch_size": 16},
+                                    "focus": {"share": 0.25, "shape": "star", "size": "small"}}}
+    config = load_config(CONFIG, overrides=focused)
+    batch = vae_batch(config, step=5)
+    cells = [(a.shape, a.size) for a in batch.attributes]
+    assert len(cells) == 16 and cells[-4:] == [("star", "small")] * 4
+    assert cells[:-4].count(("star", "small")) < 12  # the base world is not all focus
+    assert [a.shape for a in vae_batch(config, step=5).attributes] == [a.shape for a in batch.attributes]
+    assert [a.shape for a in vae_batch(config, step=6).attributes] != [a.shape for a in batch.attributes]
+
+    any_size = load_config(CONFIG, overrides={**focused, "vae": {**focused["vae"], "focus": {"share": 0.25, "shape": "star", "size": ""}}})
+    stars = [(a.shape, a.size) for step in range(4) for a in vae_batch(any_size, step).attributes[-4:]]
+    assert {shape for shape, _ in stars} == {"star"} and len({size for _, size in stars}) > 1
+
+    typo = {**focused, "run": {"runs_dir": str(tmp_path / "runs"), "name": "typo"},
+            "vae": {**focused["vae"], "focus": {"share": 0.25, "shape": "starr", "size": "small"}}}
+    with pytest.raises(UserError, match=r"^vae.focus.shape 'starr' is not one of circle, square, triangle, star, cross"):
+        train_base(CONFIG, tmp_path / "typo", overrides=typo)
+    assert not (tmp_path / "runs" / "typo" / "clip").exists()  # failed before any stage trained
+    crowded = load_config(CONFIG, overrides={**focused, "vae": {**focused["vae"], "heart_share": 0.5,
+                                                               "outline_share": 0.5}})
+    with pytest.raises(UserError, match=r"add up to more than the batch \(8 \+ 8 \+ 4 \+ 0 > 16\)"):
+        vae_batch(crowded, step=0)
 
 
 def test_a_stopped_stage_resumes_from_its_checkpoint(tmp_path):

@@ -109,6 +109,15 @@ class GeneratedLatents:
 
 
 @dataclass(frozen=True)
+class FocusExamples:
+    """A share of every VAE batch drawn from one cell of the world the codec reconstructs worst (benchmarks/
+    vae_ceiling.py prints the cells): the images are the generator's own, with these attributes forced."""
+    share: float  # of each VAE batch (0 = none)
+    shape: str  # a shape of the world, or "" = any
+    size: str  # a size of the world, or "" = any
+
+
+@dataclass(frozen=True)
 class VaeConfig:
     channels: tuple[int, ...]
     layers_per_block: int
@@ -122,6 +131,7 @@ class VaeConfig:
     train_encoder: bool  # false: only the decoder learns, so the latents (and every model trained on them) stay valid
     heart_share: float  # of each batch: hearts, and ...
     outline_share: float  # ... outlined shapes, which the codec must reproduce for the adapters
+    focus: FocusExamples
     generated: GeneratedLatents
     train: TrainSettings
 

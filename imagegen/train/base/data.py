@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ...data import shapes
+from ...errors import UserError
 from ...tokens import tokenize as tokens_of
 
 # The classes of each attribute the CLIP heads predict and the zero-shot evaluation asks about (the base model's
@@ -35,6 +36,11 @@ class ShapesBatch:
         """The VAE's input: (B, 3, 64, 64) float in [-1, 1]."""
         return torch.from_numpy(self.images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
+    @classmethod
+    def concat(cls, parts: list[ShapesBatch]) -> ShapesBatch:
+        return cls(np.concatenate([p.images for p in parts]), [c for p in parts for c in p.captions],
+                   [a for p in parts for a in p.attributes])
+
     def labels(self) -> dict[str, torch.Tensor]:
         """Class index of every attribute, each (B,) long."""
         return {name: torch.tensor([classes.index(getattr(a, name)) for a in self.attributes])
@@ -54,6 +60,15 @@ def training_batch(stage_seed: int, step: int, batch_size: int, fixed: dict | No
     seed = int(step_rng(stage_seed, step).integers(2**63))
     images, captions, attributes = shapes.generate(seed, batch_size, fixed=fixed, p_keep=p_keep)
     return ShapesBatch(images, captions, attributes)
+
+
+def focus_attributes(focus) -> dict[str, str]:
+    """The attributes a focus cell (config.FocusExamples) forces, checked against the world's: a one-line UserError
+    naming the bad value and the accepted ones."""
+    for name, value, accepted in (("shape", focus.shape, shapes.SHAPES), ("size", focus.size, shapes.SIZES)):
+        if value and value not in accepted:
+            raise UserError(f"vae.focus.{name} {value!r} is not one of {', '.join(accepted)} (or \"\" for any)")
+    return {name: value for name, value in (("shape", focus.shape), ("size", focus.size)) if value}
 
 
 def heldout_batch(seed: int, count: int) -> ShapesBatch:

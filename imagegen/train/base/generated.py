@@ -7,8 +7,8 @@ to `strength` of the schedule and denoised with the pipeline's own sampler and c
 the image's CLIP embedding and caption. The layout survives that, so the original image is still the right target,
 and the VAE's decoder learns to draw the U-Net's latents as the images they stand for.
 
-The U-Net's latents are made once up front (`cache_images`) from their own data stream; each VAE step mixes `share`
-of them into its batch.
+The U-Net's latents are made once up front (`cache_images`) from their own data stream, `focus.share` of them from the
+VAE's focus cell (train/base/vae.py); each VAE step mixes `share` of them into its batch.
 """
 from __future__ import annotations
 
@@ -18,13 +18,15 @@ import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
 
+from ...data import shapes
 from ...errors import UserError
 from ...schedulers import make_decoder_scheduler, stepper
 from .clip import embed_images, load_frozen_clip
 from .config import TrainConfig
-from .data import tokenize, training_batch
+from .data import ShapesBatch, focus_attributes, step_rng, tokenize, training_batch
 
 STREAM_OFFSET = 7  # the generated examples' data stream is the VAE's seed + this (never a VAE batch of its own)
+FOCUS_PURPOSE = 1  # step_rng purpose of a cache chunk's focus-cell images
 
 
 def load_decoder(folder: str):
@@ -87,8 +89,13 @@ def generated_cache(config: TrainConfig, vae, clip_dir: Path):
     chunk = config.vae.train.batch_size
     latents, pixels = [], []
     seed = config.vae.train.seed + STREAM_OFFSET
+    focus = focus_attributes(config.vae.focus)
+    focused = round(chunk * config.vae.focus.share)
     for k in tqdm(range(-(-cfg.cache_images // chunk)), desc="generated latents", dynamic_ncols=True):
-        batch = training_batch(seed, k, chunk)
+        batch = training_batch(seed, k, chunk - focused)
+        if focused:
+            focus_seed = int(step_rng(seed, k, FOCUS_PURPOSE).integers(2**63))
+            batch = ShapesBatch.concat([batch, ShapesBatch(*shapes.generate(focus_seed, focused, fixed=focus))])
         latents.append(redraw(config, vae, unet, shipped, clip, batch, seed=int(np.uint32(seed * 100_003 + k))))
         pixels.append(batch.pixels())
     return torch.cat(latents)[:cfg.cache_images], torch.cat(pixels)[:cfg.cache_images]

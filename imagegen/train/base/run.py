@@ -24,6 +24,7 @@ import torch
 from ...errors import UserError
 from .clip import build_image_processor, train_clip
 from .config import STAGES, TrainConfig, load_config, to_toml
+from .data import focus_attributes
 from .decoder import train_decoder
 from .options import TrainBaseOptions
 from .prior import train_prior
@@ -69,6 +70,7 @@ def _train_all(config: TrainConfig, config_path: Path, run_dir: Path, out_dir: P
     if unknown or (config.run.reuse_stages and not config.run.reuse_from):
         raise UserError(f"run.reuse_stages {list(config.run.reuse_stages)!r} needs stages from {list(REUSABLE_PARTS)} "
                         f"and a run.reuse_from model folder (got {config.run.reuse_from!r})")
+    focus_attributes(config.vae.focus)  # a misspelt focus cell fails before any stage trains
     _record_config(config, config_path, run_dir)
     metrics, ran, skipped, reused = {}, [], [], []
     for index, stage in enumerate(STAGES):

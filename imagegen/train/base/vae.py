@@ -7,17 +7,17 @@ in the model config, so the decoder stage diffuses latents of unit variance; the
 
 A finished VAE can be continued (`init_from`) with its encoder frozen (`train_encoder = false`): then the latents,
 their scaling factor and every model trained on them stay valid, and only the decoder learns to draw them more
-sharply. The batches can mix in hearts and
-outlined shapes (`heart_share`, `outline_share`): the base models never see them, but the codec has to reproduce
-whatever an adapter makes the diffusion decoder draw. A frozen-encoder run can also learn from the latents a finished
-U-Net draws (`generated`, train/base/generated.py), the ones the decoder meets at generation time.
+sharply. The batches can mix in hearts and outlined shapes (`heart_share`, `outline_share`): the base models never
+see them, but the codec has to reproduce whatever an adapter makes the diffusion decoder draw; and more of the one
+cell of the world it draws worst (`focus`: v0.7 drew most small stars as discs, though its latents hold their
+points). A frozen-encoder run can also learn from the latents a finished U-Net draws (`generated`,
+train/base/generated.py), the ones the decoder meets at generation time.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
@@ -26,11 +26,12 @@ from ...data import shapes
 from ...errors import UserError
 from . import loop
 from .config import TrainConfig
-from .data import ShapesBatch, heldout_batch, step_rng, training_batch
+from .data import ShapesBatch, focus_attributes, heldout_batch, step_rng, training_batch
 from .generated import generated_cache
 
 LATENT_KINDS = ("mean", "sample")
-GENERATED_PURPOSE = 3  # step_rng purpose of the draw from the generated latents (1, 2: hearts, outlines)
+# step_rng purposes of a VAE batch's parts besides the base world (0)
+HEART_PURPOSE, OUTLINE_PURPOSE, GENERATED_PURPOSE, FOCUS_PURPOSE = 1, 2, 3, 4
 
 
 def build_vae(config: TrainConfig) -> AutoencoderKL:
@@ -49,22 +50,24 @@ def encode(vae: AutoencoderKL, pixels: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def vae_batch(config: TrainConfig, step: int, room: int = 0) -> ShapesBatch:
-    """Batch `step`: the base world, with `heart_share` hearts and `outline_share` outlines (every shape) mixed in,
-    `room` examples short of the batch size (the U-Net's latents fill them)."""
+    """Batch `step`: the base world, with `heart_share` hearts, `outline_share` outlines (every shape) and
+    `focus.share` examples of the focus cell mixed in, `room` examples short of the batch size (the U-Net's latents
+    fill them)."""
     cfg = config.vae
     size = cfg.train.batch_size
     hearts, outlines = round(size * cfg.heart_share), round(size * cfg.outline_share)
-    if hearts + outlines + room > size:
-        raise UserError(f"vae: heart_share, outline_share and generated.share add up to more than the batch "
-                        f"({hearts} + {outlines} + {room} > {size})")
-    parts = [training_batch(cfg.train.seed, step, size - hearts - outlines - room)]
-    for purpose, count, kind in ((1, hearts, {"shapes": ("heart",)}),
-                                 (2, outlines, {"shapes": shapes.ALL_SHAPES, "style": "outline"})):
+    focused = round(size * cfg.focus.share)
+    if hearts + outlines + focused + room > size:
+        raise UserError(f"vae: heart_share, outline_share, focus.share and generated.share add up to more than the "
+                        f"batch ({hearts} + {outlines} + {focused} + {room} > {size})")
+    parts = [training_batch(cfg.train.seed, step, size - hearts - outlines - focused - room)]
+    for purpose, count, kind in ((HEART_PURPOSE, hearts, {"shapes": ("heart",)}),
+                                 (OUTLINE_PURPOSE, outlines, {"shapes": shapes.ALL_SHAPES, "style": "outline"}),
+                                 (FOCUS_PURPOSE, focused, {"fixed": focus_attributes(cfg.focus)})):
         if count:
             seed = int(step_rng(cfg.train.seed, step, purpose).integers(2**63))
             parts.append(ShapesBatch(*shapes.generate(seed, count, **kind)))
-    return ShapesBatch(np.concatenate([p.images for p in parts]), [c for p in parts for c in p.captions],
-                       [a for p in parts for a in p.attributes])
+    return ShapesBatch.concat(parts)
 
 
 def load_vae_to_continue(config: TrainConfig) -> AutoencoderKL:
