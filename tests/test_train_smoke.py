@@ -250,6 +250,44 @@ def test_a_vae_batch_mixes_in_its_focus_cell_and_a_misspelt_cell_is_a_one_line_e
         vae_batch(crowded, step=0)
 
 
+def test_the_from_scratch_recipe_trains_every_stage_from_random_weights_then_tunes_its_vae_on_its_own_unet(tmp_path):
+    """`make shapes-from-scratch`: part 1 trains all four stages from random weights, part 2 reuses part 1's clip, prior
+    and decoder and tunes its VAE decoder (encoder frozen) on the latents part 1's U-Net re-draws; tiny sizes here."""
+    from safetensors.torch import load_file
+
+    from imagegen.train.base.run import train_base
+
+    recipes = CONFIG.parent
+    part1, part2 = recipes / "shapes-scratch.toml", recipes / "shapes-scratch-vae.toml"
+    makefile = (CONFIG.parents[2] / "Makefile").read_text()
+    first_out = load_config(part2).run.reuse_from
+    assert f"--config configs/train/shapes-scratch.toml --out {first_out} --resume" in makefile
+    assert "--config configs/train/shapes-scratch-vae.toml" in makefile
+    assert load_config(part2).vae.init_from == f"{first_out}/decoder/movq"
+    assert load_config(part2).vae.generated.decoder_from == f"{first_out}/decoder"
+    scratch = load_config(part1)
+    assert not (scratch.run.reuse_stages or scratch.clip.init_from or scratch.vae.init_from or scratch.prior.init_from
+                or scratch.decoder.init_from)
+
+    runs = tmp_path / "runs"
+    tiny = tiny_overrides(runs)
+    tiny["run"] = {"runs_dir": str(runs), "name": "scratch"}
+    tiny["clip"] = {k: v for k, v in tiny["clip"].items() if k not in ("init_from", "train_image_encoder",
+                                                                       "train_text_encoder")}
+    first = tmp_path / "first"
+    assert train_base(part1, first, resume=True, overrides=tiny)["ran"] == ["clip", "vae", "prior", "decoder"]
+    redrawn = {"decoder_from": str(first / "decoder"), "cache_images": 8, "steps": 4}
+    second_overrides = {**tiny, "run": {"runs_dir": str(runs), "name": "scratch-vae", "reuse_from": str(first)},
+                        "vae": {**tiny["vae"], "init_from": str(first / "decoder" / "movq"), "generated": redrawn}}
+    result = train_base(part2, tmp_path / "second", resume=True, overrides=second_overrides)
+    assert result["ran"] == ["vae"] and result["reused"] == ["clip", "prior", "decoder"]
+    assert "mse_generated=" in (runs / "scratch-vae" / "train.log").read_text()
+    before, after = (load_file(root / "decoder" / "movq" / "diffusion_pytorch_model.safetensors")
+                     for root in (first, tmp_path / "second"))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
+
 def test_a_stopped_stage_resumes_from_its_checkpoint(tmp_path):
     from imagegen.train.base import loop
 
