@@ -26,7 +26,7 @@ samples: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/imagegen grid --prompts-file samples/adapter-prompts.txt --seeds 6 --seed 0 --out samples/adapters-grid.png
 
 ## shapes-from-scratch: train the default model's architecture from random weights (configs/train/shapes-scratch*.toml;
-## about 4.6 h on 2 cores). Run it again to resume: each part continues from its checkpoints and skips finished stages.
+## about 4.8 h on 2 cores). Run it again to resume: each part continues from its checkpoints and skips finished stages.
 shapes-from-scratch: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/imagegen train-base --config configs/train/shapes-scratch.toml --out runs/shapes-scratch/model --resume
 	HF_HUB_OFFLINE=1 $(VENV)/bin/imagegen train-base --config configs/train/shapes-scratch-vae.toml --out runs/shapes-scratch-vae/model --resume
