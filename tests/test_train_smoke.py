@@ -308,7 +308,68 @@ def test_a_stopped_stage_resumes_from_its_checkpoint(tmp_path):
     loop.train("toy", tmp_path, model, loss_fn, settings.__class__(**{**settings.__dict__, "max_steps": 5}), run)
     assert sorted(seen) == [0, 1, 2, 3, 4]
     assert torch.equal(seen[3], weights_after_3)  # step 3 started from the checkpoint, not from the fresh weights
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 5
+    assert loop.load_state(tmp_path / "checkpoint.safetensors")["step"] == 5
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_checkpoint_is_a_safetensors_file_that_restores_optimizer_ema_and_rng_exactly(tmp_path):
+    """No pickle in a checkpoint (it may be committed to outlive a session): safetensors tensors plus JSON structure;
+    loading it gives the same optimizer, LR schedule and EMA state, so a resumed step equals the uninterrupted one.
+    A legacy checkpoint.pt (torch.save of the same state) still resumes, and is replaced by the new file."""
+    from diffusers.training_utils import EMAModel
+    from safetensors import safe_open
+
+    from imagegen.train.base import loop
+
+    run = load_config(CONFIG).run
+    settings = TrainSettings(seed=0, batch_size=1, lr=1e-2, weight_decay=0.1, adam_betas=(0.9, 0.99),
+                             warmup_steps=2, max_steps=4, minutes=5.0, grad_clip=1.0, bf16=False)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))
+        return model, EMAModel(model.parameters(), decay=0.9)
+
+    def loss_fn_for(model):
+        def loss_fn(step):
+            noise = torch.randn(2, 3)  # from the torch RNG, which the checkpoint must restore
+            return model(noise + step).pow(2).mean(), {}
+        return loss_fn
+
+    straight, straight_ema = fresh()
+    loop.train("toy", tmp_path / "straight", straight, loss_fn_for(straight), settings, run, ema=straight_ema)
+
+    stopped, stopped_ema = fresh()
+    short = settings.__class__(**{**settings.__dict__, "minutes": 0.0})  # the clock ends it at once: step 0
+    loop.train("toy", tmp_path / "resumed", stopped, loss_fn_for(stopped), short, run, ema=stopped_ema)
+    path = tmp_path / "resumed" / "checkpoint.safetensors"
+    with safe_open(path, framework="pt") as opened:
+        assert opened.metadata()["format"] == "imagegen.state/1" and "model/0.weight" in opened.keys()
+    state = loop.load_state(path)
+    assert state["step"] == 0 and isinstance(state["ema"]["shadow_params"], list)
+
+    # Two steps, a "new process" (fresh objects) resuming for the last two: the same weights and EMA as straight.
+    two = settings.__class__(**{**settings.__dict__, "max_steps": 2})
+    resumed, resumed_ema = fresh()
+    loop.train("toy", tmp_path / "two", resumed, loss_fn_for(resumed), two, run, ema=resumed_ema)
+    again, again_ema = fresh()
+    with torch.no_grad():
+        for p in again.parameters():
+            p.add_(1.0)  # different weights before loading: the checkpoint must overwrite them
+    loop.train("toy", tmp_path / "two", again, loss_fn_for(again), settings, run, ema=again_ema)
+    for a, b in zip(straight.parameters(), again.parameters()):
+        assert torch.allclose(a, b, atol=1e-7)
+    for a, b in zip(straight_ema.shadow_params, again_ema.shadow_params):
+        assert torch.allclose(a, b, atol=1e-7)
+
+    legacy_dir = tmp_path / "legacy"
+    legacy_dir.mkdir()
+    torch.save(loop.load_state(tmp_path / "two" / "checkpoint.safetensors"), legacy_dir / "checkpoint.pt")
+    old, old_ema = fresh()
+    loop.train("toy", legacy_dir, old, loss_fn_for(old), settings.__class__(**{**settings.__dict__, "max_steps": 5}),
+               run, ema=old_ema)
+    assert loop.load_state(legacy_dir / "checkpoint.safetensors")["step"] == 5
+    assert not (legacy_dir / "checkpoint.pt").exists()
 
 
 def test_written_config_round_trips():

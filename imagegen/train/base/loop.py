@@ -3,16 +3,16 @@ gradient-norm clipping, optional EMA of the weights, optional bfloat16 autocast,
 resumable checkpoints; and `save_model`, which writes a finished model in its storage dtype.
 
 A stage hands in its model and a `loss_fn(step) -> (loss, logs)` that builds batch `step` itself; the loop owns
-everything else. A checkpoint (`<stage dir>/checkpoint.pt`) holds only tensors and plain containers (model, EMA,
-optimizer and LR-schedule state, step, elapsed seconds, torch RNG state), so `torch.load(weights_only=True)` reads it;
-it is written every `run.checkpoint_minutes` and when the loop ends.
+everything else. A checkpoint (`<stage dir>/checkpoint.safetensors`, state_file.py) holds the model, EMA, optimizer and
+LR-schedule state, step, elapsed seconds and torch RNG state without a pickle, so it can be committed to carry a run
+into the next working session; it is written every `run.checkpoint_minutes` and when the loop ends. A run started
+before that format resumes from its `checkpoint.pt` (read with `torch.load(weights_only=True)`).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,10 +23,13 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from .config import RunConfig, TrainSettings
+from .state_file import load_state, save_state
 
 log = logging.getLogger("imagegen.train")
 
 LossFn = Callable[[int], tuple[torch.Tensor, dict[str, float]]]
+CHECKPOINT = "checkpoint.safetensors"
+LEGACY_CHECKPOINT = "checkpoint.pt"  # torch.save's format, written before CHECKPOINT
 
 
 def autocast(enabled: bool):
@@ -50,11 +53,12 @@ def train(stage: str, stage_dir: Path, model: torch.nn.Module, loss_fn: LossFn, 
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.max_steps)
     trained = [p for p in model.parameters() if p.requires_grad]
     stage_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = stage_dir / "checkpoint.pt"
+    checkpoint_path = stage_dir / CHECKPOINT
     step, elapsed = 0, 0.0
-    if checkpoint_path.exists():
-        step, elapsed = load_checkpoint(checkpoint_path, model, optimizer, lr_schedule, ema)
-        log.info("%s: resumed at step %d after %.1f min", stage, step, elapsed / 60)
+    found = next((path for path in (checkpoint_path, stage_dir / LEGACY_CHECKPOINT) if path.exists()), None)
+    if found is not None:
+        step, elapsed = load_checkpoint(found, model, optimizer, lr_schedule, ema)
+        log.info("%s: resumed at step %d after %.1f min (%s)", stage, step, elapsed / 60, found.name)
 
     budget = settings.minutes * 60
     last_checkpoint = time.perf_counter()
@@ -108,7 +112,7 @@ def train(stage: str, stage_dir: Path, model: torch.nn.Module, loss_fn: LossFn, 
 
 
 def save_checkpoint(path: Path, model, optimizer, lr_schedule, ema, step: int, elapsed: float) -> None:
-    """Atomically: a kill during the write leaves the previous checkpoint intact."""
+    """Atomically (save_state): a kill during the write leaves the previous checkpoint intact."""
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -118,9 +122,8 @@ def save_checkpoint(path: Path, model, optimizer, lr_schedule, ema, step: int, e
         "elapsed_seconds": elapsed,
         "torch_rng": torch.get_rng_state(),
     }
-    temporary = path.with_suffix(".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    save_state(path, state)
+    (path.parent / LEGACY_CHECKPOINT).unlink(missing_ok=True)  # resumed from it; the new file supersedes it
 
 
 def save_model(model, folder: Path, dtype_name: str) -> None:
@@ -134,7 +137,7 @@ def save_model(model, folder: Path, dtype_name: str) -> None:
 
 
 def load_checkpoint(path: Path, model, optimizer, lr_schedule, ema) -> tuple[int, float]:
-    state = torch.load(path, weights_only=True)
+    state = load_state(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     lr_schedule.load_state_dict(state["lr_schedule"])

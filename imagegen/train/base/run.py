@@ -4,7 +4,7 @@
     imagegen train-base --config configs/train/shapes.toml --smoke     # ~5 steps per stage, end to end
 
 The four stages run in order, each on the frozen results of the ones before: CLIP -> VAE -> prior -> decoder. All
-work goes to `<runs_dir>/<name>/`: per stage a `checkpoint.pt` (resumable) and a `final/` folder whose
+work goes to `<runs_dir>/<name>/`: per stage a `checkpoint.safetensors` (resumable) and a `final/` folder whose
 `metrics.json` marks the stage finished (it is then skipped), plus `train.log`, `config.toml` and `metrics.json`.
 At the end the finished stages are assembled with diffusers' own Kandinsky 2.2 pipelines' `save_pretrained`
 (safetensors only) into `out/prior` and `out/decoder`, next to `out/training_config.toml` and `out/metrics.json`.
